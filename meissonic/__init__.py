@@ -1,0 +1,1 @@
+"""Meissonic: masked generative transformers for text-to-image."""
