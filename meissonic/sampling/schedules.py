@@ -1,0 +1,32 @@
+"""Pure schedule functions of parallel decoding: mask ratios, temperatures, timesteps."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+MASKING_SCHEDULES = ("cosine", "linear")
+
+
+def mask_ratio(progress: torch.Tensor | float, schedule: str = "cosine") -> torch.Tensor:
+    """Fraction of tokens still masked after a fraction `progress` in [0, 1] of the steps.
+
+    cosine: cos(pi/2 * progress); linear: 1 - progress. Both are 1 at the start and 0 at the end.
+    """
+    progress = torch.as_tensor(progress, dtype=torch.float64)
+    if schedule == "cosine":
+        return torch.cos(progress * math.pi / 2).clamp(min=0.0)
+    if schedule == "linear":
+        return 1.0 - progress
+    raise ValueError(f"unknown masking schedule {schedule!r}; choose one of {MASKING_SCHEDULES}")
+
+
+def temperatures(num_steps: int, start: float = 2.0, end: float = 0.0) -> torch.Tensor:
+    """Gumbel temperature of each step, annealed linearly from `start` to `end` over the steps."""
+    return torch.linspace(start, end, num_steps, dtype=torch.float64)
+
+
+def countdown_timesteps(num_steps: int) -> torch.Tensor:
+    """The released sampler's timestep values: the step index counting down, N-1 .. 0."""
+    return torch.arange(num_steps - 1, -1, -1)
