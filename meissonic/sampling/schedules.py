@@ -30,3 +30,14 @@ def temperatures(num_steps: int, start: float = 2.0, end: float = 0.0) -> torch.
 def countdown_timesteps(num_steps: int) -> torch.Tensor:
     """The released sampler's timestep values: the step index counting down, N-1 .. 0."""
     return torch.arange(num_steps - 1, -1, -1)
+
+
+def countdown_for_ratio(ratio: torch.Tensor | float, num_steps: int = 64) -> torch.Tensor:
+    """The countdown timestep a cosine sampler of `num_steps` steps passes when a fraction `ratio` is masked.
+
+    The released sampler passes N-1-i at step i, whose input has cos(pi/2 * i/N) masked; this inverts that map
+    continuously, so training a "step_index" model (fine-tuning released weights) matches what sampling feeds it.
+    """
+    ratio = torch.as_tensor(ratio, dtype=torch.float64).clamp(0.0, 1.0)
+    progress = torch.arccos(ratio) * 2 / math.pi
+    return (num_steps - 1) - progress * num_steps
