@@ -25,18 +25,26 @@ class MeissonicSchedulerOutput(BaseOutput):
     pred_original_sample: torch.Tensor
 
 
-def _uniform(shape: torch.Size, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+Generators = torch.Generator | list[torch.Generator] | None
+
+
+def _uniform(shape: torch.Size, generator: Generators, device: torch.device) -> torch.Tensor:
+    """U(0,1) noise; with a list of generators, row b of the batch comes from generator b alone."""
+    if isinstance(generator, list):
+        return torch.cat([_uniform((1, *shape[1:]), g, device) for g in generator])
     gen_device = generator.device if generator is not None else device
     return torch.rand(shape, generator=generator, device=gen_device).to(device)
 
 
-def gumbel_noise(shape: torch.Size, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+def gumbel_noise(shape: torch.Size, generator: Generators, device: torch.device) -> torch.Tensor:
     u = _uniform(shape, generator, device)
     return -torch.log((-torch.log(u.clamp(1e-20))).clamp(1e-20))
 
 
-def draw_tokens(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def draw_tokens(probs: torch.Tensor, generator: Generators = None) -> torch.Tensor:
     """One multinomial draw per position: probs (B, N, C) -> tokens (B, N)."""
+    if isinstance(generator, list):
+        return torch.cat([draw_tokens(p[None], g) for p, g in zip(probs, generator, strict=True)])
     batch, seq_len, classes = probs.shape
     flat = probs.reshape(-1, classes)
     if generator is not None and generator.device != flat.device:
@@ -85,12 +93,19 @@ class MeissonicScheduler(SchedulerMixin, ConfigMixin):
         return torch.floor(seq_len * ratio * start).long()
 
     def add_noise(
-        self, tokens: torch.Tensor, ratio: float, generator: torch.Generator | None = None
+        self, tokens: torch.Tensor, ratio: float, generator: Generators = None, region: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Mask exactly round(ratio * H * W) uniformly random positions of each grid (img2img start state)."""
-        batch, seq_len = tokens.shape[0], tokens[0].numel()
-        count = torch.full((batch,), round(ratio * seq_len), device=tokens.device)
-        chosen = lowest_k(_uniform((batch, seq_len), generator, tokens.device), count)
+        """Mask exactly round(ratio * n) uniformly random positions of each grid (B, H, W), where n is the grid
+        size, or the size of each sample's boolean `region` (B, H, W) when given (masking only inside it)."""
+        batch = tokens.shape[0]
+        scores = _uniform((batch, tokens[0].numel()), generator, tokens.device)
+        if region is None:
+            count = torch.full((batch,), round(ratio * scores.shape[1]), device=tokens.device)
+        else:
+            region = region.reshape(batch, -1)
+            count = torch.round(region.sum(-1) * ratio).long()
+            scores = scores.masked_fill(~region, math.inf)
+        chosen = lowest_k(scores, count)
         return tokens.masked_fill(chosen.view_as(tokens), self.config.mask_token_id)
 
     def step(
@@ -100,7 +115,7 @@ class MeissonicScheduler(SchedulerMixin, ConfigMixin):
         num_inference_steps: int,
         sample: torch.Tensor,
         *,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         temperature: tuple[float, float] | float = (2.0, 0.0),
         starting_mask_ratio: torch.Tensor | float = 1.0,
         masking_schedule: str | None = None,

@@ -1,0 +1,78 @@
+"""Image-to-image: re-generate a random part of an image's tokens, as much as `strength` says."""
+
+from __future__ import annotations
+
+import torch
+
+from ..sampling.schedules import mask_ratio
+from ..sampling.scheduler import Generators
+from .base import MeissonicPipelineBase, MeissonicPipelineOutput, StepCallback, prompt_count
+from .images import ImageInput, image_size, images_to_tensor
+
+
+def start_step(num_inference_steps: int, strength: float) -> int:
+    """First step to run: strength 1 runs all steps from a fully masked grid; smaller strengths skip the start."""
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+    return num_inference_steps - max(1, int(num_inference_steps * strength))
+
+
+class MeissonicImg2ImgPipeline(MeissonicPipelineBase):
+    """Edit images guided by text: `pipe(prompt, image=..., strength=0.5).images`."""
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        image: ImageInput | list[ImageInput] | None = None,
+        strength: float = 0.5,
+        negative_prompt: str | list[str] | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 12,
+        guidance_scale: float = 10.0,
+        num_images_per_prompt: int = 1,
+        generator: Generators = None,
+        temperature: tuple[float, float] | float = (2.0, 0.0),
+        masking_schedule: str | None = None,
+        micro_conditioning_aesthetic_score: float = 6.0,
+        micro_conditioning_crop_coord: tuple[int, int] = (0, 0),
+        original_size: tuple[int, int] | None = None,
+        prompt_embeds: tuple[torch.Tensor, torch.Tensor] | None = None,
+        negative_prompt_embeds: tuple[torch.Tensor, torch.Tensor] | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: StepCallback | None = None,
+    ) -> MeissonicPipelineOutput | tuple:
+        """Re-generate the tokens of `image` (one image, or one per prompt) that step N - int(N * strength) of the
+        mask schedule would still have masked: strength 1.0 regenerates everything, small strengths keep most of
+        the image. The output size defaults to the image's size."""
+        if image is None:
+            raise ValueError("img2img needs an image")
+        images = image if isinstance(image, list) else [image]
+        first_h, first_w = image_size(images[0])
+        height = first_h if height is None else height
+        width = first_w if width is None else width
+        self.check_size(height, width)
+        prompts = prompt_count(prompt, prompt_embeds)
+        if len(images) not in (1, prompts):
+            raise ValueError(f"got {len(images)} images for {prompts} prompts; pass one image or one per prompt")
+        batch = prompts * num_images_per_prompt
+        self.check_common(num_inference_steps, guidance_scale, num_images_per_prompt, output_type, generator, batch)
+        first = start_step(num_inference_steps, strength)
+
+        guided = guidance_scale > 1.0
+        states, pooled, batch = self.conditioning(prompt, negative_prompt, num_images_per_prompt, guided,
+                                                  prompt_embeds, negative_prompt_embeds)
+        pixels = images_to_tensor(images, height, width).to(self._execution_device)
+        tokens = self.encode_images(pixels).repeat_interleave(batch // len(images), 0)
+        ratio = float(mask_ratio(first / num_inference_steps, masking_schedule or self.scheduler.config.masking_schedule))
+        tokens = self.scheduler.add_noise(tokens, ratio, generator)
+        micro = self.micro_conditions(batch, height, width, original_size, micro_conditioning_crop_coord,
+                                      micro_conditioning_aesthetic_score)
+        tokens = self.denoise(tokens, states, pooled, micro, num_inference_steps, guidance_scale, generator,
+                              temperature, start_step=first, masking_schedule=masking_schedule,
+                              callback_on_step_end=callback_on_step_end)
+        output = self.to_output(tokens, output_type)
+        self.maybe_free_model_hooks()
+        return output if return_dict else (output.images,)

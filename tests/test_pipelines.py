@@ -1,0 +1,270 @@
+"""The four pipelines end to end on tiny checkpoints in the released layout."""
+
+import json
+import shutil
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from meissonic import MeissonicImg2ImgPipeline, MeissonicInpaintPipeline, MeissonicPipeline
+from meissonic.pipelines import CheckpointError
+from meissonic.testing import build_tiny_pipeline_folder
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    return build_tiny_pipeline_folder(tmp_path_factory.mktemp("tiny") / "pipe")
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_folder):
+    pipe = MeissonicPipeline.from_pretrained(tiny_folder)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def seeded(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def transformer_inputs(pipe):
+    """Record (tokens, timestep) of every transformer call."""
+    calls = []
+    handle = pipe.transformer.register_forward_hook(
+        lambda module, args, output: calls.append((args[0].clone(), args[3].clone())))
+    return calls, handle
+
+
+@pytest.mark.parametrize("height,width", [(32, 32), (24, 48)])
+def test_text2image_sizes_and_determinism(pipe, height, width):
+    out = pipe(["a red circle", "two blue squares"], height=height, width=width, num_inference_steps=4,
+               generator=seeded(1))
+    assert [im.size for im in out.images] == [(width, height)] * 2
+    again = pipe(["a red circle", "two blue squares"], height=height, width=width, num_inference_steps=4,
+                 generator=seeded(1))
+    for a, b in zip(out.images, again.images, strict=True):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    other = pipe(["a red circle", "two blue squares"], height=height, width=width, num_inference_steps=4,
+                 generator=seeded(2), output_type="np")
+    assert other.images.shape == (2, height, width, 3)
+    assert not np.array_equal(other.images[0], np.asarray(out.images[0]) / 255.0)
+
+
+def test_released_timesteps_count_down_and_cfg_batches(pipe):
+    calls, handle = transformer_inputs(pipe)
+    try:
+        pipe("a cat", height=32, width=32, num_inference_steps=5, guidance_scale=9.0, generator=seeded())
+    finally:
+        handle.remove()
+    assert [c[1].tolist() for c in calls] == [[t, t] for t in (4, 3, 2, 1, 0)]
+    assert all(c[0].shape[0] == 2 for c in calls)  # [uncond; cond]
+    assert (calls[0][0] == pipe.transformer.mask_token_id).all()
+
+
+def test_no_guidance_runs_single_batch(pipe):
+    calls, handle = transformer_inputs(pipe)
+    try:
+        pipe("a cat", height=32, width=32, num_inference_steps=3, guidance_scale=1.0, generator=seeded())
+    finally:
+        handle.remove()
+    assert [c[0].shape[0] for c in calls] == [1, 1, 1]
+
+
+def test_mask_ratio_convention_feeds_the_masked_fraction(pipe):
+    pipe.transformer.register_to_config(timestep_convention="mask_ratio")
+    calls, handle = transformer_inputs(pipe)
+    try:
+        pipe("a cat", height=32, width=32, num_inference_steps=4, guidance_scale=1.0, generator=seeded())
+    finally:
+        handle.remove()
+        pipe.transformer.register_to_config(timestep_convention="step_index")
+    for tokens, timestep in calls:
+        fraction = (tokens == pipe.transformer.mask_token_id).flatten(1).float().mean(1)
+        torch.testing.assert_close(timestep, fraction)
+    assert calls[0][1].item() == 1.0
+
+
+def test_prompt_lists_and_images_per_prompt(pipe):
+    out = pipe(["a", "b", "c"], num_images_per_prompt=2, num_inference_steps=2, output_type="tokens",
+               negative_prompt=["x", "y", "z"], generator=seeded())
+    assert out.images.shape == (6, 8, 8)  # default_resolution 32 / VQ scale 4
+    assert (out.images < 64).all()
+
+
+def test_batch_with_one_generator_per_image_equals_single_calls(pipe):
+    prompts = ["a red circle", "a blue square", "green"]
+    batch = pipe(prompts, num_inference_steps=4, output_type="tokens",
+                 generator=[seeded(s) for s in (5, 6, 7)]).images
+    singles = [pipe(p, num_inference_steps=4, output_type="tokens", generator=seeded(s)).images[0]
+               for p, s in zip(prompts, (5, 6, 7), strict=True)]
+    for a, b in zip(batch, singles, strict=True):
+        assert (a == b).float().mean() > 0.95  # float reductions may flip a rare near-tie
+
+
+def test_img2img_strength(pipe):
+    img2img = MeissonicImg2ImgPipeline.from_pipe(pipe)
+    image = PIL.Image.fromarray(np.random.default_rng(0).integers(0, 255, (24, 48, 3), dtype=np.uint8))
+    for strength, masked in [(1.0, 1.0), (0.5, None)]:
+        calls, handle = transformer_inputs(img2img)
+        try:
+            out = img2img("a cat", image=image, strength=strength, num_inference_steps=6, generator=seeded())
+        finally:
+            handle.remove()
+        assert out.images[0].size == (48, 24)
+        first = (calls[0][0] == pipe.transformer.mask_token_id).float().mean().item()
+        if masked is not None:
+            assert first == masked  # strength 1.0 regenerates everything
+            assert len(calls) == 6
+        else:
+            assert len(calls) == 3 and 0.0 < first < 1.0
+
+
+def test_inpaint_changes_only_the_masked_tokens(pipe):
+    inpaint = MeissonicInpaintPipeline.from_pipe(pipe)
+    image = PIL.Image.fromarray(np.random.default_rng(1).integers(0, 255, (32, 48, 3), dtype=np.uint8))
+    mask = PIL.Image.new("L", (48, 32), 0)
+    mask.paste(255, (0, 0, 24, 16))  # top-left quarter of the 8 x 12 token grid... 4 x 6 tokens
+    original = inpaint.encode_images(torch.from_numpy(np.asarray(image) / 255.0).permute(2, 0, 1)[None].float())
+    out = inpaint(["a", "b"], image=image, mask_image=mask, num_inference_steps=4, output_type="tokens",
+                  generator=seeded())
+    region = torch.zeros(8, 12, dtype=torch.bool)
+    region[:4, :6] = True
+    for tokens in out.images:
+        assert torch.equal(tokens[~region], original[0][~region])
+        assert (tokens != pipe.transformer.mask_token_id).all()
+    assert inpaint.scheduler.config.masking_schedule == "cosine"  # the shared scheduler is left alone
+
+
+def test_outpaint_extends_the_canvas(pipe):
+    inpaint = MeissonicInpaintPipeline.from_pipe(pipe)
+    image = PIL.Image.new("RGB", (32, 24), (200, 10, 10))
+    out = inpaint.outpaint("a wider view", image=image, left=8, right=8, top=0, bottom=8, num_inference_steps=3,
+                           generator=seeded())
+    assert out.images[0].size == (48, 32)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        inpaint.outpaint("x", image=image, right=4)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(height=36), "not a multiple of 8"),
+    (dict(width=8192), "out of range"),
+    (dict(height=0), "out of range"),
+    (dict(prompt=[]), "empty"),
+    (dict(num_inference_steps=0), "num_inference_steps"),
+    (dict(output_type="jpeg"), "output_type"),
+    (dict(negative_prompt=["a", "b"]), "negative prompts"),
+    (dict(generator=[torch.Generator()] * 3), "generators"),
+])
+def test_bad_arguments_fail_early(pipe, kwargs, message):
+    args = dict(prompt="a cat", num_inference_steps=2)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        pipe(**args)
+
+
+def test_image_and_mask_size_mismatch(pipe):
+    inpaint = MeissonicInpaintPipeline.from_pipe(pipe)
+    with pytest.raises(ValueError, match="mask size"):
+        inpaint("x", image=PIL.Image.new("RGB", (32, 32)), mask_image=PIL.Image.new("L", (16, 32)))
+    with pytest.raises(ValueError, match="strength"):
+        MeissonicImg2ImgPipeline.from_pipe(pipe)("x", image=PIL.Image.new("RGB", (32, 32)), strength=0.0)
+
+
+def test_save_and_reload_gives_the_same_images(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path / "saved")
+    again = MeissonicPipeline.from_pretrained(tmp_path / "saved")
+    again.set_progress_bar_config(disable=True)
+    a = pipe("a red circle", num_inference_steps=3, generator=seeded(), output_type="np").images
+    b = again("a red circle", num_inference_steps=3, generator=seeded(), output_type="np").images
+    assert np.array_equal(a, b)
+    assert again.config.default_resolution == 32
+
+
+def test_fp16_variant_and_bf16_dtype(tiny_folder, tmp_path):
+    folder = tmp_path / "variant"
+    shutil.copytree(tiny_folder, folder)
+    weights = folder / "transformer" / "diffusion_pytorch_model.safetensors"
+    save_file({k: v.half() for k, v in load_file(weights).items()},
+              folder / "transformer" / "diffusion_pytorch_model.fp16.safetensors")
+    weights.unlink()
+    pipe = MeissonicPipeline.from_pretrained(folder, variant="fp16", torch_dtype=torch.bfloat16)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.transformer.dtype == torch.bfloat16
+    images = pipe("a", num_inference_steps=2, generator=seeded(), output_type="np").images
+    assert np.isfinite(images).all()
+
+
+def broken_copy(tiny_folder, tmp_path):
+    folder = tmp_path / "broken"
+    shutil.copytree(tiny_folder, folder)
+    return folder
+
+
+def test_missing_files_are_named(tiny_folder, tmp_path):
+    folder = broken_copy(tiny_folder, tmp_path)
+    (folder / "vqvae" / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="vqvae has no weights"):
+        MeissonicPipeline.from_pretrained(folder)
+    shutil.rmtree(folder / "scheduler")
+    with pytest.raises(CheckpointError, match="no 'scheduler' folder"):
+        MeissonicPipeline.from_pretrained(folder)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        MeissonicPipeline.from_pretrained(tmp_path / "nowhere")
+
+
+def test_unknown_key_and_wrong_shape_are_named(tiny_folder, tmp_path):
+    folder = broken_copy(tiny_folder, tmp_path)
+    weights = folder / "transformer" / "diffusion_pytorch_model.safetensors"
+    state = load_file(weights)
+    save_file({**state, "extra.weight": torch.zeros(2)}, weights)
+    with pytest.raises(CheckpointError, match="unknown key 'extra.weight'"):
+        MeissonicPipeline.from_pretrained(folder)
+    state["context_embedder.weight"] = torch.zeros(3, 3)
+    save_file(state, weights)
+    with pytest.raises(CheckpointError, match="'context_embedder.weight' has shape"):
+        MeissonicPipeline.from_pretrained(folder)
+    del state["context_embedder.weight"]
+    save_file(state, weights)
+    with pytest.raises(CheckpointError, match="missing key 'context_embedder.weight'"):
+        MeissonicPipeline.from_pretrained(folder)
+
+
+def test_pickle_weights_are_refused(tiny_folder, tmp_path):
+    folder = broken_copy(tiny_folder, tmp_path)
+    weights = folder / "transformer" / "diffusion_pytorch_model.safetensors"
+    torch.save(load_file(weights), folder / "transformer" / "diffusion_pytorch_model.bin")
+    weights.unlink()
+    with pytest.raises(CheckpointError, match="pickle"):
+        MeissonicPipeline.from_pretrained(folder)
+
+
+def test_unknown_component_class_is_refused(tiny_folder, tmp_path):
+    folder = broken_copy(tiny_folder, tmp_path)
+    index = json.loads((folder / "model_index.json").read_text())
+    index["transformer"] = ["evil_module", "Backdoor"]
+    (folder / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match="Backdoor"):
+        MeissonicPipeline.from_pretrained(folder)
+
+
+def test_src_transformer_module_name_loads(tiny_folder, tmp_path):
+    folder = broken_copy(tiny_folder, tmp_path)
+    index = json.loads((folder / "model_index.json").read_text())
+    index["transformer"] = ["src.transformer", "Transformer2DModel"]
+    (folder / "model_index.json").write_text(json.dumps(index))
+    assert MeissonicPipeline.from_pretrained(folder).transformer.config.downsample
+
+
+def test_step_callback_can_read_and_replace_tokens(pipe):
+    seen = []
+
+    def callback(pipeline, step, timestep, tensors):
+        seen.append((step, timestep, tensors["tokens"].clone()))
+        return {"tokens": tensors["tokens"]}
+
+    pipe("a", num_inference_steps=3, generator=seeded(), callback_on_step_end=callback)
+    assert [(s, t) for s, t, _ in seen] == [(0, 2), (1, 1), (2, 0)]
+    assert (seen[-1][2] != pipe.transformer.mask_token_id).all()
