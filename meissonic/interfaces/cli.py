@@ -10,6 +10,13 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("meissonic.interfaces.commands.generate", "generate images from text"),
     "edit": ("meissonic.interfaces.commands.edit", "img2img, inpainting and outpainting"),
+    "train": ("meissonic.interfaces.commands.train", "train or fine-tune the transformer from a YAML config"),
+    "train-vq": ("meissonic.interfaces.commands.train_vq", "train a VQ tokenizer from a YAML config"),
+    "preencode": ("meissonic.interfaces.commands.preencode", "encode a dataset to token/text shards once"),
+    "eval": ("meissonic.interfaces.commands.eval_world", "evaluate a model on the world benchmark"),
+    "world": ("meissonic.interfaces.commands.world", "render the synthetic world: datasets and prompts"),
+    "tiny-checkpoint": ("meissonic.interfaces.commands.tiny_checkpoint",
+                        "write a tiny random checkpoint in the released layout"),
 }
 
 

@@ -1,0 +1,132 @@
+"""Arguments and helpers shared by the generating subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+
+DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp32": "float32", "float32": "float32",
+          "fp16": "float16", "float16": "float16"}
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", metavar="FOLDER", help="checkpoint folder in the released layout "
+                       "(default: the embedded model shipped with the package)")
+    group.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
+                       help="weights precision (auto: bf16 on CPU and CUDA; fp16 only on CUDA)")
+    group.add_argument("--variant", help="weight file variant, e.g. fp16")
+    group.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (auto: cuda when available)")
+    group.add_argument("--cpu-offload", action="store_true", help="move each model to the GPU only while it runs")
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser, steps: int | None, guidance: float | None) -> None:
+    group = parser.add_argument_group("sampling")
+    group.add_argument("--negative-prompt", default=None, help='negative prompt (default "")')
+    group.add_argument("--height", type=int, help="image height in pixels (default: the model's resolution)")
+    group.add_argument("--width", type=int, help="image width in pixels (default: the model's resolution)")
+    group.add_argument("--steps", type=int, default=steps, help=f"decoding steps (default {steps or 'the model'})")
+    group.add_argument("--guidance-scale", type=float, default=guidance,
+                       help=f"classifier-free guidance scale (default {guidance})")
+    group.add_argument("--seed", type=int, default=0, help="random seed (default 0); image i uses seed + i")
+    group.add_argument("--num-images", type=int, default=1, help="images per prompt")
+    group.add_argument("--temperature", type=float, nargs=2, default=(2.0, 0.0), metavar=("START", "END"),
+                       help="Gumbel temperature annealed from START to END (default 2 0)")
+    group.add_argument("--masking-schedule", choices=["cosine", "linear"], help="mask schedule override")
+    group.add_argument("--aesthetic-score", type=float, default=6.0, help="aesthetic micro-condition (default 6)")
+    group.add_argument("--crop-coord", type=int, nargs=2, default=(0, 0), metavar=("TOP", "LEFT"),
+                       help="crop micro-condition (default 0 0)")
+    group.add_argument("--original-size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"),
+                       help="original-size micro-condition (default: the output size)")
+
+
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-o", "--output", default="out.png", help="output PNG path; several images are written "
+                        "as NAME-0.png, NAME-1.png ... (default out.png)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+
+
+def sampling_kwargs(args: argparse.Namespace) -> dict:
+    """Pipeline keyword arguments from the parsed sampling flags (None means the pipeline's default)."""
+    kwargs = dict(
+        negative_prompt=args.negative_prompt, height=args.height, width=args.width,
+        num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
+        temperature=tuple(args.temperature), masking_schedule=args.masking_schedule,
+        micro_conditioning_aesthetic_score=args.aesthetic_score,
+        micro_conditioning_crop_coord=tuple(args.crop_coord),
+        original_size=tuple(args.original_size) if args.original_size else None,
+    )
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+def generators(seed: int, count: int, device: str = "cpu") -> list:
+    """One generator per image (seed, seed + 1, ...): an image does not depend on its batch neighbours."""
+    import torch
+
+    return [torch.Generator(device).manual_seed(seed + i) for i in range(count)]
+
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name} requested but CUDA is not available")
+    return name
+
+
+def load_pipeline(args: argparse.Namespace, pipeline_class):
+    """Load the pipeline named by --model (or the embedded model) with --dtype/--variant/--device/--cpu-offload."""
+    import torch
+
+    folder = args.model or default_model_folder()
+    device = resolve_device(args.device)
+    dtype_name = "bfloat16" if args.dtype == "auto" else DTYPES[args.dtype]
+    if dtype_name == "float16" and not device.startswith("cuda"):
+        raise ValueError("fp16 on a CPU is thousands of times slower than bf16; use --dtype bf16")
+    pipe = pipeline_class.from_pretrained(folder, torch_dtype=getattr(torch, dtype_name), variant=args.variant)
+    if args.cpu_offload:
+        if not device.startswith("cuda"):
+            raise ValueError("--cpu-offload needs a CUDA device")
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+    return pipe
+
+
+def default_model_folder() -> Path:
+    """The embedded default model, shipped inside the package."""
+    folder = Path(__file__).resolve().parents[2] / "assets" / "default_model"
+    if not (folder / "model_index.json").is_file():
+        raise FileNotFoundError("no --model given and this installation has no embedded default model "
+                                f"({folder}); pass --model FOLDER")
+    return folder
+
+
+def output_paths(output: str, count: int, overwrite: bool) -> list[Path]:
+    """Where to write `count` images; refuses to replace existing files unless `overwrite`."""
+    path = Path(output)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"output {output} must end in .png")
+    paths = [path] if count == 1 else [path.with_name(f"{path.stem}-{i}{path.suffix}") for i in range(count)]
+    existing = [str(p) for p in paths if p.exists()]
+    if existing and not overwrite:
+        raise ValueError(f"{existing[0]} exists; pass --overwrite to replace it")
+    if not path.parent.exists():
+        raise FileNotFoundError(f"output folder {path.parent} does not exist")
+    return paths
+
+
+def save_png(image, path: Path) -> None:
+    """Write atomically: a temporary file in the same folder, then a rename (no half-written images)."""
+    handle, temporary = tempfile.mkstemp(suffix=".png", dir=path.parent)
+    os.close(handle)
+    try:
+        image.save(temporary, format="PNG")
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

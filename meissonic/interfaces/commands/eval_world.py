@@ -1,0 +1,130 @@
+"""`meissonic eval world`: generate images for world prompts with a model and score them.
+
+meissonic eval world --model FOLDER --num-prompts 64 --seed 0 --out results.json
+meissonic eval world --images DIR --out results.json       # re-score images saved with --save-images
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from PIL import Image
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("target", choices=["world"], help="benchmark to run")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="Meissonic checkpoint folder to generate with")
+    source.add_argument("--images", help="folder written by --save-images (tasks.jsonl + images) to re-score")
+    parser.add_argument(
+        "--split",
+        choices=["heldout", "train"],
+        default="heldout",
+        help="held-out compositions (default) or the training distribution",
+    )
+    parser.add_argument("--num-prompts", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the prompt list and of generation")
+    parser.add_argument("--steps", type=int, default=16, help="sampling steps")
+    parser.add_argument("--guidance-scale", type=float, default=4.0)
+    parser.add_argument("--size", type=int, default=256, help="image height and width")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--out", default="world_results.json", help="results JSON path")
+    parser.add_argument("--save-images", help="folder to save the generated images and their tasks into")
+    parser.add_argument(
+        "--vq-images",
+        type=int,
+        default=8,
+        help="renders of the tasks to measure VQ reconstruction PSNR on (0: skip)",
+    )
+    parser.add_argument("--clip-model", help="local CLIP model folder: also report CLIP score")
+    parser.add_argument(
+        "--hps-model", help="local CLIP-architecture preference model folder: also report HPS-style reward"
+    )
+
+
+def _generate(pipe, tasks, args) -> list[Image.Image]:
+    import torch
+
+    images: list[Image.Image] = []
+    for start in range(0, len(tasks), args.batch_size):
+        batch = tasks[start : start + args.batch_size]
+        out = pipe(
+            prompt=[t.text for t in batch],
+            height=args.size,
+            width=args.size,
+            num_inference_steps=args.steps,
+            guidance_scale=args.guidance_scale,
+            generator=torch.Generator().manual_seed(args.seed + start),
+            output_type="pil",
+        )
+        images.extend(out.images)
+        print(f"generated {len(images)}/{len(tasks)}", flush=True)
+    return images
+
+
+def _load_saved(folder: Path):
+    from meissonic.world import Task
+
+    rows = [json.loads(line) for line in (folder / "tasks.jsonl").read_text().splitlines() if line.strip()]
+    tasks = [Task.from_dict(row["task"]) for row in rows]
+    images = [Image.open(folder / row["file_name"]).convert("RGB") for row in rows]
+    return tasks, images
+
+
+def _save(folder: Path, tasks, images) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / "tasks.jsonl").open("w") as f:
+        for i, (task, image) in enumerate(zip(tasks, images, strict=True)):
+            name = f"{i:05d}.png"
+            image.save(folder / name)
+            f.write(json.dumps({"file_name": name, "task": task.to_dict()}) + "\n")
+
+
+def run(args: argparse.Namespace) -> int:
+    from meissonic.eval.world import score
+    from meissonic.world import heldout_tasks, render, training_tasks
+
+    pipe = None
+    if args.images:
+        tasks, images = _load_saved(Path(args.images))
+    else:
+        import torch
+
+        from meissonic.pipelines import MeissonicPipeline
+
+        if not Path(args.model).is_dir():
+            raise FileNotFoundError(f"model folder not found: {args.model}")
+        make = heldout_tasks if args.split == "heldout" else training_tasks
+        tasks = make(args.num_prompts, args.seed)
+        pipe = MeissonicPipeline.from_pretrained(args.model, torch_dtype=getattr(torch, args.dtype))
+        images = _generate(pipe, tasks, args)
+        if args.save_images:
+            _save(Path(args.save_images), tasks, images)
+
+    results = score(images, tasks)
+    results["split"] = args.split
+    results["settings"] = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "func"}
+    vq = getattr(pipe, "vqvae", None)
+    if vq is not None and args.vq_images > 0:
+        from meissonic.eval.metrics import reconstruction_psnr
+
+        references = [render(t.scene, args.size) for t in tasks[: args.vq_images] if t.scene is not None]
+        results["vq_reconstruction"] = reconstruction_psnr(vq, references)
+    for name, folder in (("clip", args.clip_model), ("hps", args.hps_model)):
+        if folder:
+            from meissonic.eval.scorers import load_scorer
+
+            values = load_scorer(name, folder)(images, [t.text for t in tasks])
+            results[f"{name}_score"] = float(values.mean())
+
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    cats = " ".join(f"{k}={v:.3f}" for k, v in results["categories"].items())
+    print(f"world {args.split}: overall={results['overall']:.3f} {cats} ({results['num_tasks']} tasks)")
+    if "vq_reconstruction" in results:
+        print(f"VQ reconstruction PSNR {results['vq_reconstruction']['psnr']:.2f} dB")
+    print(f"results written to {args.out}")
+    return 0

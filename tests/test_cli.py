@@ -1,0 +1,83 @@
+"""The command line, as a user runs it."""
+
+import PIL.Image
+import pytest
+
+from meissonic.interfaces.cli import main
+from meissonic.testing import build_tiny_pipeline_folder
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return str(build_tiny_pipeline_folder(tmp_path_factory.mktemp("cli") / "model"))
+
+
+def test_generate_writes_pngs(model, tmp_path, capsys):
+    out = tmp_path / "img.png"
+    code = main(["generate", "a red circle", "a blue square", "--model", model, "-o", str(out), "--steps", "3",
+                 "--height", "32", "--width", "48", "--dtype", "fp32", "--seed", "3"])
+    assert code == 0
+    paths = [tmp_path / "img-0.png", tmp_path / "img-1.png"]
+    assert capsys.readouterr().out.split() == [str(p) for p in paths]
+    assert all(PIL.Image.open(p).size == (48, 32) for p in paths)
+
+
+def test_same_seed_same_file(model, tmp_path):
+    for name in ("a.png", "b.png"):
+        main(["generate", "x", "--model", model, "-o", str(tmp_path / name), "--steps", "3", "--dtype", "fp32"])
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+
+
+def test_existing_output_is_never_replaced_silently(model, tmp_path, capsys):
+    out = tmp_path / "keep.png"
+    out.write_bytes(b"precious")
+    assert main(["generate", "x", "--model", model, "-o", str(out), "--steps", "2"]) == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+    assert out.read_bytes() == b"precious"
+    assert main(["generate", "x", "--model", model, "-o", str(out), "--steps", "2", "--overwrite"]) == 0
+    assert PIL.Image.open(out).format == "PNG"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--height", "36"], "not a multiple of 8"),
+    (["--steps", "0"], "num_inference_steps"),
+    (["--dtype", "fp16", "--device", "cpu"], "fp16 on a CPU"),
+])
+def test_errors_are_one_line(model, tmp_path, capsys, args, message):
+    code = main(["generate", "x", "--model", model, "-o", str(tmp_path / "o.png"), *args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert message in err and len(err.splitlines()) == 1 and err.startswith("meissonic generate: error:")
+
+
+def test_missing_model_folder(tmp_path, capsys):
+    assert main(["generate", "x", "--model", str(tmp_path / "none"), "-o", str(tmp_path / "o.png")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_edit_modes(model, tmp_path):
+    source = tmp_path / "in.png"
+    PIL.Image.new("RGB", (32, 32), (10, 200, 10)).save(source)
+    mask = tmp_path / "mask.png"
+    PIL.Image.new("L", (32, 32), 255).save(mask)
+    common = ["--model", model, "--steps", "2", "--dtype", "fp32"]
+    assert main(["edit", "x", "--image", str(source), "-o", str(tmp_path / "a.png"), *common]) == 0
+    assert main(["edit", "x", "--image", str(source), "--mask", str(mask), "-o", str(tmp_path / "b.png"),
+                 *common]) == 0
+    assert main(["edit", "x", "--image", str(source), "--mode", "outpaint", "--extend", "8", "8", "0", "8",
+                 "-o", str(tmp_path / "c.png"), *common]) == 0
+    assert PIL.Image.open(tmp_path / "c.png").size == (48, 40)
+
+
+def test_edit_bad_input(model, tmp_path, capsys):
+    source = tmp_path / "in.png"
+    PIL.Image.new("RGB", (32, 32)).save(source)
+    small = tmp_path / "small.png"
+    PIL.Image.new("L", (16, 16)).save(small)
+    assert main(["edit", "x", "--image", str(source), "--mask", str(small), "--model", model,
+                 "-o", str(tmp_path / "o.png")]) == 2
+    assert "mask size" in capsys.readouterr().err
+    assert main(["edit", "x", "--image", str(tmp_path / "no.png"), "--model", model]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["edit", "x", "--image", str(source), "--mode", "outpaint", "--model", model]) == 2
+    assert "--extend" in capsys.readouterr().err
