@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..sampling.schedules import mask_ratio
 from ..sampling.scheduler import Generators
+from ..sampling.schedules import mask_ratio
 from .base import MeissonicPipelineBase, MeissonicPipelineOutput, StepCallback, prompt_count
 from .images import ImageInput, image_size, images_to_tensor
 
@@ -66,7 +66,8 @@ class MeissonicImg2ImgPipeline(MeissonicPipelineBase):
                                                   prompt_embeds, negative_prompt_embeds)
         pixels = images_to_tensor(images, height, width).to(self._execution_device)
         tokens = self.encode_images(pixels).repeat_interleave(batch // len(images), 0)
-        ratio = float(mask_ratio(first / num_inference_steps, masking_schedule or self.scheduler.config.masking_schedule))
+        schedule = masking_schedule or self.scheduler.config.masking_schedule
+        ratio = float(mask_ratio(first / num_inference_steps, schedule))
         tokens = self.scheduler.add_noise(tokens, ratio, generator)
         micro = self.micro_conditions(batch, height, width, original_size, micro_conditioning_crop_coord,
                                       micro_conditioning_aesthetic_score)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..sampling.schedules import mask_ratio
 from ..sampling.scheduler import Generators
+from ..sampling.schedules import mask_ratio
 from .base import MeissonicPipelineBase, MeissonicPipelineOutput, StepCallback, prompt_count
 from .image2image import start_step
 from .images import ImageInput, image_size, images_to_tensor, masks_to_grid, outpaint_canvas

@@ -99,7 +99,9 @@ def check_state_dict(files: list[Path], expected: dict[str, tuple[int, ...]], wh
         raise CheckpointError(f"{where}: unknown key '{unknown[0]}'" + _more(unknown))
     for key, shape in expected.items():
         if found[key] != shape:
-            raise CheckpointError(f"{where}: key '{key}' has shape {list(found[key])}, the config implies {list(shape)}")
+            raise CheckpointError(
+                f"{where}: key '{key}' has shape {list(found[key])}, the config implies {list(shape)}"
+            )
 
 
 def _more(keys: list[str]) -> str:

@@ -1,0 +1,259 @@
+"""Evaluator scores, fidelity metrics, pluggable CLIP scorers (tiny random models) and the eval CLI."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import types
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from meissonic.eval import psnr, reconstruction_psnr, relation_holds, score, ssim
+from meissonic.world import COLOURS, Scene, heldout_tasks, render, training_tasks
+from meissonic.world.detect import Detection
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def mutated(scene: Scene, **changes) -> Scene:
+    return dataclasses.replace(scene, **changes)
+
+
+def test_perfect_renders_score_one():
+    tasks = heldout_tasks(24, seed=1) + training_tasks(24, seed=1)
+    result = score([render(t.scene) for t in tasks], tasks)
+    assert result["overall"] == 1.0
+    assert result["categories"] == {c: 1.0 for c in ("kind", "colour", "count", "position", "background")}
+    assert set(result["task_types"]) == {"single", "count", "pair", "position"}
+    assert result["num_tasks"] == 48
+
+
+def test_wrong_scenes_fail_in_their_category():
+    tasks = heldout_tasks(40, seed=2)
+    wrong_colour, wrong_count, swapped, wrong_bg = [], [], [], []
+    for t in tasks:
+        s = t.scene
+        used = {o.colour for o in s.objects}
+        other = next(c for c in COLOURS if c not in used)
+        wrong_colour.append(
+            mutated(s, objects=tuple(dataclasses.replace(o, colour=other) for o in s.objects))
+        )
+        wrong_count.append(mutated(s, objects=s.objects[:-1]))  # one object fewer (none for single tasks)
+        mirrored = tuple(dataclasses.replace(o, cx=1 - o.cx, cy=1 - o.cy) for o in s.objects)
+        swapped.append(mutated(s, objects=mirrored))
+        wrong_bg.append(mutated(s, background="black" if s.background != "black" else "white"))
+
+    r = score([render(s) for s in wrong_colour], tasks)
+    assert r["categories"]["colour"] == 0.0 and r["categories"]["kind"] == 1.0 and r["overall"] == 0.0
+    r = score([render(s) for s in wrong_count], tasks)
+    assert r["categories"]["count"] == 0.0 and r["overall"] == 0.0
+    r = score([render(s) for s in swapped], tasks)
+    assert r["categories"]["position"] == 0.0
+    assert r["categories"]["kind"] == r["categories"]["colour"] == r["categories"]["count"] == 1.0
+    assert r["task_types"]["position"] == 0.0 and r["task_types"]["single"] == 1.0
+    r = score([render(s) for s in wrong_bg], tasks)
+    assert r["categories"]["background"] == 0.0 and r["categories"]["colour"] == 1.0
+
+
+def test_attribute_binding_counts_in_overall():
+    task = next(
+        t
+        for t in heldout_tasks(40, seed=3)
+        if t.task_type == "pair"
+        and t.objects[0].kind != t.objects[1].kind
+        and t.objects[0].colour != t.objects[1].colour
+    )
+    a, b = task.scene.objects
+    swapped = mutated(
+        task.scene, objects=(dataclasses.replace(a, colour=b.colour), dataclasses.replace(b, colour=a.colour))
+    )
+    r = score([render(swapped)], [task])
+    assert r["categories"]["kind"] == r["categories"]["colour"] == 1.0 and r["overall"] == 0.0
+
+
+def test_relation_holds():
+    def d(x, y):
+        return Detection("circle", "red", x, y, 0.2, 0.2, 0.03)
+
+    assert relation_holds(d(0.2, 0.5), d(0.8, 0.55), "left of")
+    assert not relation_holds(d(0.2, 0.5), d(0.8, 0.55), "right of")
+    assert relation_holds(d(0.5, 0.2), d(0.45, 0.8), "above")
+    assert relation_holds(d(0.5, 0.8), d(0.45, 0.2), "below")
+    assert not relation_holds(d(0.2, 0.2), d(0.3, 0.8), "left of")  # mostly vertical: not "left of"
+    with pytest.raises(ValueError):
+        relation_holds(d(0, 0), d(1, 1), "near")
+    with pytest.raises(ValueError):
+        score([render(t.scene) for t in heldout_tasks(2)], heldout_tasks(3))
+
+
+def test_psnr_and_ssim_known_values():
+    zeros = np.zeros((32, 32, 3))
+    assert psnr(zeros, zeros + 0.1) == pytest.approx(20.0)
+    assert psnr(zeros, zeros) == float("inf")
+    img = Image.fromarray(np.full((16, 16, 3), 51, np.uint8))  # 51/255 = 0.2
+    assert psnr(img, np.full((16, 16, 3), 0.3)) == pytest.approx(20.0, abs=1e-6)
+    torch = pytest.importorskip("torch")
+    assert psnr(torch.zeros(3, 16, 16), torch.full((3, 16, 16), 0.01)) == pytest.approx(40.0, abs=1e-4)
+    rng = np.random.default_rng(0)
+    x = rng.random((64, 64, 3))
+    assert ssim(x, x) == pytest.approx(1.0)
+    light = ssim(x, np.clip(x + rng.normal(0, 0.05, x.shape), 0, 1))
+    heavy = ssim(x, np.clip(x + rng.normal(0, 0.3, x.shape), 0, 1))
+    assert 1.0 > light > heavy > 0.0
+    assert ssim(x, 1 - x) < 0  # anti-correlated structure
+    with pytest.raises(ValueError):
+        psnr(zeros, np.zeros((16, 16, 3)))
+
+
+def test_reconstruction_psnr_with_callable_and_tiny_vq():
+    torch = pytest.importorskip("torch")
+    images = [render(t.scene, 64) for t in training_tasks(3)]
+    out = reconstruction_psnr(lambda x: x * 0 + 0.5, images, batch_size=2)
+    expected = np.mean([psnr(im, np.full((64, 64, 3), 0.5)) for im in images])
+    assert out["psnr"] == pytest.approx(expected, rel=1e-5) and out["num_images"] == 3
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    vq = diffusers.VQModel(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(8, 8),
+        layers_per_block=1,
+        latent_channels=4,
+        num_vq_embeddings=16,
+        vq_embed_dim=4,
+        norm_num_groups=4,
+        sample_size=64,
+    ).eval()
+    out = reconstruction_psnr(vq, images)
+    assert np.isfinite(out["psnr"]) and out["psnr"] > 0 and -1 <= out["ssim"] <= 1
+
+
+def build_tiny_clip(folder):
+    """A random CLIP (2 layers, width 32) with a byte-level tokenizer, saved as safetensors."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    printable = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
+    codes = printable + [256 + i for i, _ in enumerate(b for b in range(256) if b not in printable)]
+    chars = [chr(c) for c in codes]
+    tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {tok: i for i, tok in enumerate(tokens)}
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
+    torch.manual_seed(0)
+    eos = vocab["<|endoftext|>"]
+    config = CLIPConfig(
+        text_config={
+            "vocab_size": len(vocab),
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 77,
+            "bos_token_id": vocab["<|startoftext|>"],
+            "eos_token_id": eos,
+            "pad_token_id": eos,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 8,
+        },
+        projection_dim=16,
+    )
+    CLIPModel(config).save_pretrained(folder, safe_serialization=True)
+    processor = CLIPProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+        tokenizer=tokenizer,
+    )
+    processor.save_pretrained(folder)
+    return folder
+
+
+def test_pluggable_clip_scorers_with_tiny_random_model(tmp_path):
+    pytest.importorskip("transformers")
+    from meissonic.eval.scorers import ClipScorer, PreferenceScorer, load_scorer
+
+    folder = build_tiny_clip(tmp_path / "clip")
+    images = [render(t.scene, 64) for t in training_tasks(3)]
+    texts = [t.text for t in training_tasks(3)]
+    clip, hps = load_scorer("clip", folder), load_scorer("hps", folder)
+    assert isinstance(clip, ClipScorer) and isinstance(hps, PreferenceScorer)
+    cos = clip.cosine(images, texts, batch_size=2)
+    assert cos.shape == (3,) and np.all(np.abs(cos) <= 1 + 1e-6)
+    np.testing.assert_allclose(clip(images, texts), 100 * np.maximum(cos, 0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(hps(images, texts), 100 * cos, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(cos, cos[0])  # different pairs, different similarities
+    with pytest.raises(ValueError):
+        load_scorer("fid", folder)
+    with pytest.raises(ValueError):
+        clip(images, texts[:2])
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError):
+        load_scorer("clip", folder)
+
+
+class _FakePipeline:
+    """Stands in for MeissonicPipeline: 'generates' the exact render of each prompt's task."""
+
+    def __init__(self, scenes):
+        self.scenes = scenes
+
+    @classmethod
+    def from_pretrained(cls, folder, torch_dtype=None):
+        tasks = heldout_tasks(8, seed=5)
+        return cls({t.text: t.scene for t in tasks})
+
+    def __call__(self, prompt, height, width, num_inference_steps, guidance_scale, generator, output_type):
+        assert output_type == "pil" and height == width == 256
+        return types.SimpleNamespace(images=[render(self.scenes[p], height) for p in prompt])
+
+
+def test_eval_world_cli_end_to_end(tmp_path, monkeypatch, capsys):
+    from meissonic.interfaces.commands import eval_world
+
+    monkeypatch.setitem(
+        sys.modules, "meissonic.pipelines", types.SimpleNamespace(MeissonicPipeline=_FakePipeline)
+    )
+    parser = argparse.ArgumentParser()
+    eval_world.add_arguments(parser)
+    model = tmp_path / "model"
+    model.mkdir()
+    out = tmp_path / "results.json"
+    saved = tmp_path / "images"
+    args = parser.parse_args(
+        [
+            "world",
+            "--model",
+            str(model),
+            "--num-prompts",
+            "8",
+            "--seed",
+            "5",
+            "--out",
+            str(out),
+            "--save-images",
+            str(saved),
+            "--batch-size",
+            "3",
+        ]
+    )
+    assert eval_world.run(args) == 0
+    result = json.loads(out.read_text())
+    assert result["overall"] == 1.0 and result["num_tasks"] == 8 and result["split"] == "heldout"
+    assert "overall=1.000" in capsys.readouterr().out
+    args = parser.parse_args(["world", "--images", str(saved), "--out", str(tmp_path / "again.json")])
+    assert eval_world.run(args) == 0
+    assert json.loads((tmp_path / "again.json").read_text())["categories"] == result["categories"]
