@@ -81,3 +81,13 @@ def test_edit_bad_input(model, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["edit", "x", "--image", str(source), "--mode", "outpaint", "--model", model]) == 2
     assert "--extend" in capsys.readouterr().err
+
+
+def test_default_output_name_never_replaces(model, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out.png").write_bytes(b"mine")
+    assert main(["generate", "x", "--model", model, "--steps", "2", "--dtype", "fp32"]) == 0
+    assert capsys.readouterr().out.strip() == "out-1.png"
+    assert (tmp_path / "out.png").read_bytes() == b"mine"
+    assert main(["generate", "x", "--model", model, "--steps", "2", "--dtype", "fp32", "--num-images", "2"]) == 0
+    assert capsys.readouterr().out.split() == ["out-1-0.png", "out-1-1.png"]  # out-1.png is left alone

@@ -43,8 +43,8 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, steps: int | None, g
 
 
 def add_output_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-o", "--output", default="out.png", help="output PNG path; several images are written "
-                        "as NAME-0.png, NAME-1.png ... (default out.png)")
+    parser.add_argument("-o", "--output", default=None, help="output PNG path; several images are written "
+                        "as NAME-0.png, NAME-1.png ... (default: out.png, or out-N.png with the first free N)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
 
@@ -106,8 +106,17 @@ def default_model_folder() -> Path:
     return folder
 
 
-def output_paths(output: str, count: int, overwrite: bool) -> list[Path]:
-    """Where to write `count` images; refuses to replace existing files unless `overwrite`."""
+def output_paths(output: str | None, count: int, overwrite: bool) -> list[Path]:
+    """Where to write `count` images; refuses to replace existing files unless `overwrite`.
+
+    Without an explicit output, picks out.png (or out-N.png, out-N-0.png ... with the first free N)."""
+    if output is None:
+        for n in range(100_000):
+            candidate = "out.png" if n == 0 else f"out-{n}.png"
+            paths = output_paths(candidate, count, overwrite=True)
+            if not any(p.exists() for p in paths):
+                return paths
+        raise ValueError("no free out-N.png name in this folder; pass -o")
     path = Path(output)
     if path.suffix.lower() != ".png":
         raise ValueError(f"output {output} must end in .png")

@@ -15,6 +15,9 @@ def run(args: argparse.Namespace) -> int:
     from ...testing import build_tiny_pipeline_folder
 
     folder = Path(args.folder)
+    if (folder / "model_index.json").is_file():
+        print(folder)  # already written: keep it (nothing a user made is replaced)
+        return 0
     if folder.exists() and any(folder.iterdir()):
         raise ValueError(f"{folder} exists and is not empty")
     print(build_tiny_pipeline_folder(folder, seed=args.seed))
