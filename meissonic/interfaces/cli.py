@@ -15,6 +15,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "preencode": ("meissonic.interfaces.commands.preencode", "encode a dataset to token/text shards once"),
     "eval": ("meissonic.interfaces.commands.eval_world", "evaluate a model on the world benchmark"),
     "world": ("meissonic.interfaces.commands.world", "render the synthetic world: datasets and prompts"),
+    "ui": ("meissonic.interfaces.commands.ui", "web UI for generation and editing (Gradio, on 127.0.0.1)"),
+    "serve": ("meissonic.interfaces.commands.serve", "OpenAI-images-compatible HTTP API (FastAPI + uvicorn)"),
     "tiny-checkpoint": ("meissonic.interfaces.commands.tiny_checkpoint",
                         "write a tiny random checkpoint in the released layout"),
 }

@@ -1,0 +1,63 @@
+"""`meissonic ui`: the Gradio web UI on this machine (http://127.0.0.1:7860 by default)."""
+
+from __future__ import annotations
+
+import argparse
+
+from . import common
+from .common import add_model_arguments, load_pipeline
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1: reachable from this machine only)")
+    parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    parser.add_argument("--max-images", type=int, default=4, help="most images per click (default 4)")
+    parser.add_argument("--max-size", type=int, default=None,
+                        help="largest image side offered by the size sliders (default: twice the model's resolution)")
+    add_model_arguments(parser)
+    add_memory_and_sampler_arguments(parser)
+
+
+def add_memory_and_sampler_arguments(parser: argparse.ArgumentParser) -> None:
+    """The enhanced-inference flags (quantization; sampler settings used as defaults), where this version has them."""
+    add_enhance = getattr(common, "add_enhance_arguments", None)
+    if add_enhance is not None:
+        add_enhance(parser)
+
+
+def load_for_interface(args: argparse.Namespace):
+    """The text-to-image pipeline as the model flags say, quantized if asked, and the sampler settings the flags
+    choose (option name -> value; only those that differ from vanilla sampling)."""
+    from ...pipelines import MeissonicPipeline
+
+    pipe = load_pipeline(args, MeissonicPipeline)
+    quantize = getattr(common, "apply_quantization", None)
+    if quantize is not None:
+        quantize(pipe, args)
+    defaults: dict = {}
+    chosen = getattr(common, "sampler_options", None)
+    if chosen is not None:
+        options = chosen(args)
+        vanilla = type(options)()
+        defaults = {name: value for name, value in vars(options).items() if value != getattr(vanilla, name)}
+    return pipe, defaults
+
+
+def build(args: argparse.Namespace):
+    """Load the model named by the flags and build the Gradio app."""
+    from ..ui import build_ui
+
+    if args.max_images < 1:
+        raise ValueError("--max-images must be >= 1")
+    pipe, defaults = load_for_interface(args)
+    return build_ui(pipe, max_images=args.max_images, max_size=args.max_size, sampler_defaults=defaults)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..ui import launch
+
+    demo = build(args)
+    print(f"meissonic ui: serving on http://{args.host}:{args.port} (Ctrl+C to stop)")
+    launch(demo, host=args.host, port=args.port, block=True)
+    return 0
