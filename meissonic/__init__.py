@@ -7,7 +7,7 @@ from .pipelines import (
     MeissonicPipeline,
     MeissonicPipelineOutput,
 )
-from .sampling import MeissonicScheduler
+from .sampling import MeissonicScheduler, SamplerOptions
 
 __version__ = "0.1.0"
 __all__ = [
@@ -17,4 +17,5 @@ __all__ = [
     "MeissonicPipelineOutput",
     "MeissonicScheduler",
     "MeissonicTransformer2DModel",
+    "SamplerOptions",
 ]

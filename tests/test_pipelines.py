@@ -181,6 +181,13 @@ def test_save_and_reload_gives_the_same_images(pipe, tmp_path):
     b = again("a red circle", num_inference_steps=3, generator=seeded(), output_type="np").images
     assert np.array_equal(a, b)
     assert again.config.default_resolution == 32
+    assert (tmp_path / "saved" / "tokenizer" / "vocab.json").is_file()
+    assert (tmp_path / "saved" / "tokenizer" / "merges.txt").is_file()
+    (tmp_path / "saved" / "tokenizer" / "tokenizer.json").unlink()  # the released layout alone must load
+    from transformers import CLIPTokenizer
+
+    released = CLIPTokenizer.from_pretrained(tmp_path / "saved" / "tokenizer")
+    assert released("a red circle").input_ids == pipe.tokenizer("a red circle").input_ids
 
 
 def test_fp16_variant_and_bf16_dtype(tiny_folder, tmp_path):

@@ -10,7 +10,8 @@ from meissonic.models import MeissonicTransformer2DModel
 
 
 def released_config(reference_dir, name: str) -> dict:
-    config = dict(json.loads((reference_dir / "configs.json").read_text())["meissonic_1024"]["transformer/config.json"])
+    configs = json.loads((reference_dir / "configs.json").read_text())
+    config = dict(configs["meissonic_1024"]["transformer/config.json"])
     if name == "monetico_512":
         config.update(downsample=False, upsample=False)
     return config
@@ -131,3 +132,37 @@ def test_save_and_reload_roundtrip(tmp_path):
     inputs = random_inputs(model, 1, 4, 4)
     with torch.no_grad():
         torch.testing.assert_close(model(*inputs), again.eval()(*inputs))
+
+
+def test_attention_without_autograd_matches_sdpa():
+    """Inference attention (a loop over batch items and heads on CPU) equals SDPA, used under autograd."""
+    model = tiny_model(downsample=False, upsample=False)
+    inputs = random_inputs(model, 2, 4, 6)
+    with torch.no_grad():
+        looped = model(*inputs)
+    with torch.enable_grad():
+        sdpa = model(*inputs)
+    assert sdpa.requires_grad
+    torch.testing.assert_close(looped, sdpa.detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_analytic_flop_count_matches_flop_counter():
+    """bench/bench_transformer.py counts the FLOPs of a forward analytically; torch's counter agrees."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "bench_transformer.py"
+    spec = importlib.util.spec_from_file_location("bench_transformer", path)
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # its dataclass looks the module up
+    spec.loader.exec_module(bench)
+    for overrides in ({}, {"downsample": False, "upsample": False}):
+        model = tiny_model(**overrides)
+        height, width, text_len = 8, 6, 7
+        inputs = random_inputs(model, 2, height, width, text_len)
+        with FlopCounterMode(display=False) as counter, torch.no_grad():  # no autograd: attention as plain mm
+            model(*inputs)
+        assert bench.count_flops(dict(model.config), 2, height, width, text_len) == counter.get_total_flops()

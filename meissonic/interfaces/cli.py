@@ -13,7 +13,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("meissonic.interfaces.commands.train", "train or fine-tune the transformer from a YAML config"),
     "train-vq": ("meissonic.interfaces.commands.train_vq", "train a VQ tokenizer from a YAML config"),
     "preencode": ("meissonic.interfaces.commands.preencode", "encode a dataset to token/text shards once"),
-    "eval": ("meissonic.interfaces.commands.eval_world", "evaluate a model on the world benchmark"),
+    "eval": ("meissonic.interfaces.commands.eval", "evaluate: world benchmark, or compare two sampler settings"),
     "world": ("meissonic.interfaces.commands.world", "render the synthetic world: datasets and prompts"),
     "ui": ("meissonic.interfaces.commands.ui", "web UI for generation and editing (Gradio, on 127.0.0.1)"),
     "serve": ("meissonic.interfaces.commands.serve", "OpenAI-images-compatible HTTP API (FastAPI + uvicorn)"),

@@ -19,7 +19,7 @@ def rope_ids(text_len: int, height: int, width: int, device: torch.device | None
 
 
 class RotaryEmbedding(nn.Module):
-    """cos/sin tables (S, head_dim) for given position ids; `axes_dims` split the head dim between the 3 axes."""
+    """cos/sin tables for position ids; `axes_dims` split the head dim between the 3 axes."""
 
     def __init__(self, axes_dims: tuple[int, ...] | list[int], theta: float = 10000.0):
         super().__init__()
@@ -39,20 +39,40 @@ class RotaryEmbedding(nn.Module):
             sin.append(angles.sin().float().repeat_interleave(2, dim=-1))
         return torch.cat(cos, dim=-1), torch.cat(sin, dim=-1)
 
-    def forward(self, text_len: int, height: int, width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tables for a [text; image] sequence on a height x width token grid, built once per grid."""
+    def forward(
+        self, text_len: int, height: int, width: int, device: torch.device,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin (S, 1, head_dim) of a [text; image] sequence on a height x width grid, cached per grid.
+
+        The singleton dim broadcasts over the heads of (B, S, heads, head_dim) tensors.
+        """
         key = (text_len, height, width, str(device))
         if key not in self._cache:
-            self._cache[key] = self.tables(rope_ids(text_len, height, width, device))
+            with torch.inference_mode(False):  # usable later with autograd, even if first built without
+                cos, sin = self.tables(rope_ids(text_len, height, width, device))
+            self._cache[key] = cos[:, None], sin[:, None]
         return self._cache[key]
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate adjacent pairs of the last dim: (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin), in float32.
+def rotation_tables(
+    weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, scale: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fold a per-channel weight w (and a scale) into RoPE tables a, b with rope(w x) scale = x a + swap(x) b.
 
-    x: (B, heads, S, head_dim); cos, sin: (S, head_dim).
+    RoPE maps adjacent pairs (y0, y1) -> (y0 cos - y1 sin, y1 cos + y0 sin); swap(x) exchanges the two
+    elements of each pair, so b carries the sign and the swapped weight: b = sin * (-w1, w0).
     """
-    x32 = x.float()
-    x0, x1 = x32.unflatten(-1, (-1, 2)).unbind(-1)
-    rotated = torch.stack([-x1, x0], dim=-1).flatten(-2)
-    return (x32 * cos + rotated * sin).to(x.dtype)
+    swapped = torch.stack([-weight[1::2], weight[0::2]], dim=-1).flatten()
+    return cos * (weight * scale), sin * (swapped * scale)
+
+
+def rms_norm_rope(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """RMSNorm over the last dim, then RoPE, in float32; both are folded into `a`, `b` (`rotation_tables`).
+
+    x: (B, S, heads, head_dim), any strides; a, b: (S, 1, head_dim) float32. Returns x's dtype.
+    """
+    x32 = x.float()  # one conversion: mixed-dtype ops would each make their own float32 copy on CPU
+    rstd = (torch.linalg.vector_norm(x32, dim=-1, keepdim=True).square() / x.shape[-1] + eps).rsqrt()
+    out = x32 * a
+    out.addcmul_(x32.unflatten(-1, (-1, 2)).flip(-1).flatten(-2), b)
+    return out.mul_(rstd).to(x.dtype)

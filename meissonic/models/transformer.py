@@ -29,12 +29,13 @@ TIMESTEP_CONVENTIONS = ("step_index", "mask_ratio")
 class MeissonicTransformer2DModel(ModelMixin, ConfigMixin):
     """The Meissonic multi-modal transformer, checkpoint-compatible with the released weights.
 
-    Call: `model(tokens, encoder_hidden_states, pooled_projections, timestep, micro_conds)` with tokens (B, H, W)
-    (mask id `vocab_size - 1`), text states (B, L, joint_attention_dim), pooled text (B, pooled_projection_dim),
-    timestep (B,) and micro-conditions (B, 5); returns logits (B, codebook_size, H, W).
+    Call: `model(tokens, encoder_hidden_states, pooled_projections, timestep, micro_conds)` with tokens
+    (B, H, W) (mask id `vocab_size - 1`), text states (B, L, joint_attention_dim), pooled text
+    (B, pooled_projection_dim), timestep (B,) and micro-conditions (B, 5); returns logits
+    (B, codebook_size, H, W).
 
-    `timestep_convention` records what callers pass as `timestep`: "step_index" (the released checkpoints' sampler:
-    the countdown step index N-1..0) or "mask_ratio" (the mask ratio in [0, 1]).
+    `timestep_convention` records what callers pass as `timestep`: "step_index" (the released checkpoints'
+    sampler: the countdown step index N-1..0) or "mask_ratio" (the mask ratio in [0, 1]).
     """
 
     _supports_gradient_checkpointing = True
@@ -64,15 +65,19 @@ class MeissonicTransformer2DModel(ModelMixin, ConfigMixin):
         if patch_size != 1 or guidance_embeds:
             raise ValueError("only patch_size=1 and guidance_embeds=False exist in Meissonic checkpoints")
         if sum(axes_dims_rope) != attention_head_dim:
-            raise ValueError(f"axes_dims_rope {list(axes_dims_rope)} must sum to attention_head_dim {attention_head_dim}")
+            raise ValueError(
+                f"axes_dims_rope {list(axes_dims_rope)} must sum to attention_head_dim {attention_head_dim}")
         if pooled_projection_dim != dim:
-            raise ValueError(f"pooled_projection_dim ({pooled_projection_dim}) must equal the width heads*head_dim ({dim})")
+            raise ValueError(
+                f"pooled_projection_dim ({pooled_projection_dim}) must equal heads * head_dim ({dim})")
         if downsample != upsample:
             raise ValueError("downsample and upsample must be both on or both off")
         if vocab_size <= codebook_size:
-            raise ValueError(f"vocab_size ({vocab_size}) must exceed codebook_size ({codebook_size}) to hold the mask id")
+            raise ValueError(
+                f"vocab_size ({vocab_size}) must exceed codebook_size ({codebook_size}) to hold the mask id")
         if timestep_convention not in TIMESTEP_CONVENTIONS:
-            raise ValueError(f"timestep_convention must be one of {TIMESTEP_CONVENTIONS}, got {timestep_convention!r}")
+            raise ValueError(
+                f"timestep_convention must be one of {TIMESTEP_CONVENTIONS}, got {timestep_convention!r}")
         # `in_channels` is part of the released config but of no weight.
 
         self.embed = TokenEmbedding(vocab_size, dim)
@@ -120,7 +125,8 @@ class MeissonicTransformer2DModel(ModelMixin, ConfigMixin):
     ) -> torch.Tensor:
         batch, height, width = tokens.shape
         if height % self.token_stride or width % self.token_stride:
-            raise ValueError(f"token grid {height}x{width} must be a multiple of {self.token_stride} on each side")
+            raise ValueError(
+                f"token grid {height}x{width} must be a multiple of {self.token_stride} on each side")
         dtype = self.embed.embeddings.weight.dtype
         timestep = torch.as_tensor(timestep, device=tokens.device).reshape(-1).expand(batch)
 

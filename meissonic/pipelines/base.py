@@ -5,6 +5,7 @@ The three pipelines differ only in their start state (all masked, a partly maske
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,11 +16,15 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
+from ..models.quantize import activation_layout, observe_activations, quantize_model
 from ..models.text import encode_prompts
+from ..models.tome import token_merging
 from ..models.transformer import MeissonicTransformer2DModel
+from ..sampling.enhance import differential_probs, halton_priority, normal_noise, zigzag_remask
+from ..sampling.options import SamplerOptions
 from ..sampling.scheduler import Generators, MeissonicScheduler
 from .images import numpy_to_pil, tensor_to_numpy
-from .loading import load_components
+from .loading import load_components, write_clip_vocabulary
 
 OUTPUT_TYPES = ("pil", "np", "pt", "tokens", "latent")
 MAX_SIDE = 4096
@@ -74,6 +79,11 @@ class MeissonicPipelineBase(DiffusionPipeline):
         settings.update(kwargs)
         components.update({k: v for k, v in settings.items() if k in components})
         return cls(**components, default_resolution=settings["default_resolution"])
+
+    def save_pretrained(self, save_directory: str | Path, **kwargs) -> None:
+        """Write the released layout (safetensors weights; the tokenizer also as vocab.json + merges.txt)."""
+        super().save_pretrained(save_directory, **kwargs)
+        write_clip_vocabulary(Path(save_directory) / "tokenizer")
 
     @classmethod
     def from_pipe(cls, pipeline: MeissonicPipelineBase) -> MeissonicPipelineBase:
@@ -198,28 +208,116 @@ class MeissonicPipelineBase(DiffusionPipeline):
         starting_mask_ratio: torch.Tensor | float = 1.0,
         masking_schedule: str | None = None,
         callback_on_step_end: StepCallback | None = None,
+        sampler: SamplerOptions | None = None,
     ) -> torch.Tensor:
-        """Run steps start_step .. N-1 of parallel decoding from `tokens` (B, h, w) and return the filled grids."""
-        guided = guidance_scale > 1.0
-        if guided:
-            micro_conds = torch.cat([micro_conds, micro_conds])
-        for i in self.progress_bar(range(start_step, num_inference_steps)):
-            model_tokens = torch.cat([tokens, tokens]) if guided else tokens
-            timestep = self.model_timestep(i, num_inference_steps, model_tokens)
-            logits = self.transformer(model_tokens, states, pooled, timestep, micro_conds).float()
-            if guided:
+        """Run steps start_step .. N-1 of parallel decoding from `tokens` (B, h, w) and return the filled grids.
+
+        `states`/`pooled` hold [uncond; cond] (2B rows) when some call needs the unconditional branch, else the
+        B conditional rows. `sampler` switches the enhanced-inference techniques on (default: vanilla). All
+        per-call state (the previous step's probabilities) lives in this call's local variables.
+        """
+        options = sampler or SamplerOptions()
+        batch = tokens.shape[0]
+        mask_id = self.transformer.mask_token_id
+        has_uncond = states.shape[0] == 2 * batch
+        editable = (tokens == mask_id).flatten(1)  # what this call may (re-)decide
+        priority = halton_priority(*tokens.shape[-2:], batch, tokens.device) if options.order == "halton" else None
+
+        def predict(current: torch.Tensor, step: int, scale: float) -> torch.Tensor:
+            """Logits (B, C, h, w) at `step`'s timestep with guidance `scale` (1: conditional, 0: unconditional)."""
+            timestep = self.model_timestep(step, num_inference_steps, current)
+            if has_uncond and scale != 1.0:
+                if scale == 0.0:
+                    with activation_layout(self.transformer, "uncond"):
+                        return self.transformer(current, states[:batch], pooled[:batch], timestep,
+                                                micro_conds).float()
+                with activation_layout(self.transformer, "split"):
+                    logits = self.transformer(torch.cat([current, current]), states, pooled,
+                                              torch.cat([timestep, timestep]),
+                                              torch.cat([micro_conds, micro_conds])).float()
                 uncond, cond = logits.chunk(2)
-                logits = uncond + guidance_scale * (cond - uncond)
-            tokens = self.scheduler.step(
-                logits, i, num_inference_steps, tokens, generator=generator, temperature=temperature,
+                return uncond + scale * (cond - uncond)
+            with activation_layout(self.transformer, "cond"):
+                return self.transformer(current, states[-batch:], pooled[-batch:], timestep, micro_conds).float()
+
+        def decode_step(current: torch.Tensor, step: int, previous: torch.Tensor | None):
+            """One normal step; returns the new tokens, the probabilities it used and its logits."""
+            logits = predict(current, step, options.guidance_at(step, num_inference_steps, guidance_scale))
+            sigma = options.noise_sigma(step, num_inference_steps)
+            if sigma > 0:  # noise regularization: the noisy probabilities drive the draw and the confidence
+                logits = logits + sigma * normal_noise(logits.shape, generator, logits.device)
+            probs = draw_probs = None
+            if options.differential:
+                probs = torch.softmax(logits.flatten(2).transpose(1, 2), dim=-1)  # (B, N, C)
+                if previous is not None:
+                    draw_probs, _ = differential_probs(probs, previous, options.differential_fraction)
+            current = self.scheduler.step(
+                logits, step, num_inference_steps, current, generator=generator, temperature=temperature,
                 starting_mask_ratio=starting_mask_ratio, masking_schedule=masking_schedule,
+                draw_probs=draw_probs, priority=priority,
             ).prev_sample
-            if callback_on_step_end is not None:
-                update = callback_on_step_end(self, i, int(num_inference_steps - 1 - i),
-                                              {"tokens": tokens, "logits": logits})
-                if update and "tokens" in update:
-                    tokens = update["tokens"]
+            return current, probs, logits
+
+        previous = None
+        with token_merging(self.transformer, options.tome_ratio, options.tome_reuse, options.tome_seed):
+            for i in self.progress_bar(range(start_step, num_inference_steps)):
+                before = tokens
+                tokens, probs, logits = decode_step(tokens, i, previous)
+                if options.zigzag and i < num_inference_steps - 1:
+                    # masked Z-sampling: invert at the next step's timestep, then redo step i
+                    committed = ((before == mask_id) & (tokens != mask_id)).flatten(1).sum(-1)
+                    inversion = predict(tokens, i + 1, options.zigzag_guidance)
+                    tokens = zigzag_remask(tokens, inversion, committed - 1, editable, mask_id)
+                    tokens, probs, logits = decode_step(tokens, i, previous)
+                previous = probs
+                if callback_on_step_end is not None:
+                    update = callback_on_step_end(self, i, int(num_inference_steps - 1 - i),
+                                                  {"tokens": tokens, "logits": logits})
+                    if update and "tokens" in update:
+                        tokens = update["tokens"]
         return tokens
+
+    # ----- quantization -------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def quantize(
+        self,
+        mode: str = "int8",
+        calibration_prompts: list[str] | None = None,
+        calibration_steps: int = 8,
+        guidance_scale: float = 9.0,
+        batch_size: int = 4,
+        group_size: int = 128,
+        height: int | None = None,
+        width: int | None = None,
+        seed: int = 0,
+    ) -> dict:
+        """Quantize the transformer's Linear layers in place: "int8" or "fp8" weight-only, or "w4a8" (SCQ: 4-bit
+        weights in groups of `group_size`, 8-bit activations with separate scales for the unconditional and
+        conditional halves, calibrated by sampling `calibration_prompts` for `calibration_steps` steps with
+        `guidance_scale`). Returns a report: bytes before/after, layers replaced, layers with activation scales."""
+        absmax = None
+        if mode == "w4a8":
+            if not calibration_prompts:
+                raise ValueError("w4a8 needs calibration_prompts (a few hundred are recommended)")
+            if guidance_scale <= 1.0:
+                raise ValueError("w4a8 calibration needs guidance_scale > 1 to see both halves of the CFG batch")
+            side = self.config.default_resolution
+            height, width = height or side, width or side
+            self.check_size(height, width)
+            prompts = normalize_prompts(calibration_prompts)
+            with observe_activations(self.transformer) as absmax:
+                for start in range(0, len(prompts), batch_size):
+                    chunk = prompts[start:start + batch_size]
+                    states, pooled, batch = self.conditioning(chunk, None, 1, True)
+                    tokens = torch.full((batch, height // self.vq_scale, width // self.vq_scale),
+                                        self.transformer.mask_token_id, device=self._execution_device)
+                    micro = self.micro_conditions(batch, height, width, None, (0, 0), 6.0)
+                    generator = [torch.Generator().manual_seed(seed + start + j) for j in range(batch)]
+                    self.denoise(tokens, states, pooled, micro, calibration_steps, guidance_scale, generator,
+                                 (2.0, 0.0))
+        report = quantize_model(self.transformer, mode, group_size, absmax)
+        report["calibration_prompts"] = len(calibration_prompts or []) if mode == "w4a8" else 0
+        return report
 
     def check_common(
         self, num_inference_steps: int, guidance_scale: float, num_images_per_prompt: int, output_type: str,
@@ -235,6 +333,26 @@ class MeissonicPipelineBase(DiffusionPipeline):
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         if isinstance(generator, list) and len(generator) != batch:
             raise ValueError(f"got {len(generator)} generators for {batch} images; pass one per image or a single one")
+
+
+def resolve_sampler(sampler: SamplerOptions | str | dict | None, overrides: dict) -> SamplerOptions:
+    """The call's SamplerOptions: `sampler` (options, a "key=value,..." string or a dict; default vanilla) with
+    individual keyword arguments (e.g. noise_reg=2.0) applied on top."""
+    if sampler is None:
+        options = SamplerOptions()
+    elif isinstance(sampler, SamplerOptions):
+        options = sampler
+    elif isinstance(sampler, str):
+        options = SamplerOptions.parse(sampler)
+    elif isinstance(sampler, dict):
+        options = SamplerOptions.from_dict(sampler)
+    else:
+        raise ValueError(f"sampler must be SamplerOptions, a string or a dict, got {type(sampler).__name__}")
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(SamplerOptions)})
+    if unknown:
+        raise TypeError(f"unexpected keyword argument(s) {unknown} (neither a pipeline argument nor a "
+                        "SamplerOptions field)")
+    return dataclasses.replace(options, **overrides) if overrides else options
 
 
 def normalize_prompts(prompt: str | list[str] | None) -> list[str]:

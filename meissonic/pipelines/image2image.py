@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from ..sampling.options import SamplerOptions
 from ..sampling.scheduler import Generators
 from ..sampling.schedules import mask_ratio
-from .base import MeissonicPipelineBase, MeissonicPipelineOutput, StepCallback, prompt_count
+from .base import MeissonicPipelineBase, MeissonicPipelineOutput, StepCallback, prompt_count, resolve_sampler
 from .images import ImageInput, image_size, images_to_tensor
 
 
@@ -43,6 +44,8 @@ class MeissonicImg2ImgPipeline(MeissonicPipelineBase):
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: StepCallback | None = None,
+        sampler: SamplerOptions | str | dict | None = None,
+        **sampler_options,
     ) -> MeissonicPipelineOutput | tuple:
         """Re-generate the tokens of `image` (one image, or one per prompt) that step N - int(N * strength) of the
         mask schedule would still have masked: strength 1.0 regenerates everything, small strengths keep most of
@@ -61,7 +64,8 @@ class MeissonicImg2ImgPipeline(MeissonicPipelineBase):
         self.check_common(num_inference_steps, guidance_scale, num_images_per_prompt, output_type, generator, batch)
         first = start_step(num_inference_steps, strength)
 
-        guided = guidance_scale > 1.0
+        options = resolve_sampler(sampler, sampler_options)
+        guided = options.needs_unconditional(guidance_scale)
         states, pooled, batch = self.conditioning(prompt, negative_prompt, num_images_per_prompt, guided,
                                                   prompt_embeds, negative_prompt_embeds)
         pixels = images_to_tensor(images, height, width).to(self._execution_device)
@@ -73,7 +77,7 @@ class MeissonicImg2ImgPipeline(MeissonicPipelineBase):
                                       micro_conditioning_aesthetic_score)
         tokens = self.denoise(tokens, states, pooled, micro, num_inference_steps, guidance_scale, generator,
                               temperature, start_step=first, masking_schedule=masking_schedule,
-                              callback_on_step_end=callback_on_step_end)
+                              callback_on_step_end=callback_on_step_end, sampler=options)
         output = self.to_output(tokens, output_type)
         self.maybe_free_model_hooks()
         return output if return_dict else (output.images,)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from ..sampling.options import SamplerOptions
 from ..sampling.scheduler import Generators
 from ..sampling.schedules import mask_ratio
-from .base import MeissonicPipelineBase, MeissonicPipelineOutput, StepCallback, prompt_count
+from .base import MeissonicPipelineBase, MeissonicPipelineOutput, StepCallback, prompt_count, resolve_sampler
 from .image2image import start_step
 from .images import ImageInput, image_size, images_to_tensor, masks_to_grid, outpaint_canvas
 
@@ -39,6 +40,8 @@ class MeissonicInpaintPipeline(MeissonicPipelineBase):
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: StepCallback | None = None,
+        sampler: SamplerOptions | str | dict | None = None,
+        **sampler_options,
     ) -> MeissonicPipelineOutput | tuple:
         """Tokens under the white part of `mask_image` (resized to the token grid, threshold 0.5) are regenerated,
         all others kept exactly. The schedule ("linear" by default) is scaled by each mask's area; strength < 1
@@ -62,7 +65,8 @@ class MeissonicInpaintPipeline(MeissonicPipelineBase):
         self.check_common(num_inference_steps, guidance_scale, num_images_per_prompt, output_type, generator, batch)
         first = start_step(num_inference_steps, strength)
 
-        guided = guidance_scale > 1.0
+        options = resolve_sampler(sampler, sampler_options)
+        guided = options.needs_unconditional(guidance_scale)
         states, pooled, batch = self.conditioning(prompt, negative_prompt, num_images_per_prompt, guided,
                                                   prompt_embeds, negative_prompt_embeds)
         device = self._execution_device
@@ -83,7 +87,8 @@ class MeissonicInpaintPipeline(MeissonicPipelineBase):
                                       micro_conditioning_aesthetic_score)
         tokens = self.denoise(tokens, states, pooled, micro, num_inference_steps, guidance_scale, generator,
                               temperature, start_step=first, starting_mask_ratio=masked_fraction,
-                              masking_schedule=masking_schedule, callback_on_step_end=callback_on_step_end)
+                              masking_schedule=masking_schedule, callback_on_step_end=callback_on_step_end,
+                              sampler=options)
         output = self.to_output(tokens, output_type)
         self.maybe_free_model_hooks()
         return output if return_dict else (output.images,)

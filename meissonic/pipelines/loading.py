@@ -213,3 +213,16 @@ def load_components(
         )
     extras = {k: v for k, v in entries.items() if not k.startswith("_") and k not in ACCEPTED_CLASSES}
     return components, extras
+
+
+def write_clip_vocabulary(folder: Path) -> None:
+    """Add vocab.json + merges.txt (the released tokenizer layout) beside a tokenizer.json that lacks them."""
+    tokenizer_json = folder / "tokenizer.json"
+    if (folder / "vocab.json").is_file() or not tokenizer_json.is_file():
+        return
+    model = json.loads(tokenizer_json.read_text())["model"]
+    if model.get("type") != "BPE":
+        return
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    (folder / "vocab.json").write_text(json.dumps(model["vocab"], ensure_ascii=False))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{m}\n" for m in merges))

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from ..sampling.options import SamplerOptions
 from ..sampling.scheduler import Generators
-from .base import MeissonicPipelineBase, MeissonicPipelineOutput, StepCallback, prompt_count
+from .base import MeissonicPipelineBase, MeissonicPipelineOutput, StepCallback, prompt_count, resolve_sampler
 
 
 class MeissonicPipeline(MeissonicPipelineBase):
@@ -32,6 +33,8 @@ class MeissonicPipeline(MeissonicPipelineBase):
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: StepCallback | None = None,
+        sampler: SamplerOptions | str | dict | None = None,
+        **sampler_options,
     ) -> MeissonicPipelineOutput | tuple:
         """Generate `num_images_per_prompt` images for each prompt.
 
@@ -46,7 +49,8 @@ class MeissonicPipeline(MeissonicPipelineBase):
         batch = prompt_count(prompt, prompt_embeds) * num_images_per_prompt
         self.check_common(num_inference_steps, guidance_scale, num_images_per_prompt, output_type, generator, batch)
 
-        guided = guidance_scale > 1.0
+        options = resolve_sampler(sampler, sampler_options)
+        guided = options.needs_unconditional(guidance_scale)
         states, pooled, batch = self.conditioning(prompt, negative_prompt, num_images_per_prompt, guided,
                                                   prompt_embeds, negative_prompt_embeds)
         grid = (height // self.vq_scale, width // self.vq_scale)
@@ -55,7 +59,7 @@ class MeissonicPipeline(MeissonicPipelineBase):
                                       micro_conditioning_aesthetic_score)
         tokens = self.denoise(tokens, states, pooled, micro, num_inference_steps, guidance_scale, generator,
                               temperature, masking_schedule=masking_schedule,
-                              callback_on_step_end=callback_on_step_end)
+                              callback_on_step_end=callback_on_step_end, sampler=options)
         output = self.to_output(tokens, output_type)
         self.maybe_free_model_hooks()
         return output if return_dict else (output.images,)

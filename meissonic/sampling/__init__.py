@@ -1,6 +1,14 @@
-"""Parallel decoding: mask schedules and the scheduler step."""
+"""Parallel decoding: mask schedules, the scheduler step and the enhanced-inference options."""
 
+from .options import SamplerOptions
 from .scheduler import MeissonicScheduler, MeissonicSchedulerOutput
 from .schedules import countdown_timesteps, mask_ratio, temperatures
 
-__all__ = ["MeissonicScheduler", "MeissonicSchedulerOutput", "countdown_timesteps", "mask_ratio", "temperatures"]
+__all__ = [
+    "MeissonicScheduler",
+    "MeissonicSchedulerOutput",
+    "SamplerOptions",
+    "countdown_timesteps",
+    "mask_ratio",
+    "temperatures",
+]

@@ -119,6 +119,8 @@ class MeissonicScheduler(SchedulerMixin, ConfigMixin):
         temperature: tuple[float, float] | float = (2.0, 0.0),
         starting_mask_ratio: torch.Tensor | float = 1.0,
         masking_schedule: str | None = None,
+        draw_probs: torch.Tensor | None = None,
+        priority: torch.Tensor | None = None,
         return_dict: bool = True,
     ) -> MeissonicSchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
         """Advance one step.
@@ -127,6 +129,10 @@ class MeissonicScheduler(SchedulerMixin, ConfigMixin):
         step_index: 0 .. num_inference_steps-1; temperature: (start, end) of the Gumbel temperature, annealed
         linearly over the steps (a single number t means (t, 0.01) as in aMUSEd); starting_mask_ratio: scale of
         the mask schedule, per sample (B,) or global (inpainting uses the masked fraction).
+        draw_probs: optional (B, N, C) distributions to draw the tokens from instead of softmax(model_output)
+        (differential sampling); the confidence still uses softmax(model_output).
+        priority: optional (B, N) fixed unmasking priority replacing the Gumbel-perturbed confidence (higher is
+        kept first; e.g. the Halton order), so which positions are decided does not depend on the logits.
         """
         if not 0 <= step_index < num_inference_steps:
             raise ValueError(f"step_index {step_index} outside 0..{num_inference_steps - 1}")
@@ -138,7 +144,10 @@ class MeissonicScheduler(SchedulerMixin, ConfigMixin):
 
         logits = model_output.reshape(batch, model_output.shape[1], seq_len).transpose(1, 2).float()  # (B, N, C)
         log_probs = torch.log_softmax(logits, dim=-1)
-        drawn = torch.where(unknown, draw_tokens(log_probs.exp(), generator), tokens)
+        if draw_probs is not None and draw_probs.shape != log_probs.shape:
+            raise ValueError(f"draw_probs shape {tuple(draw_probs.shape)} != (B, N, C) {tuple(log_probs.shape)}")
+        probs = log_probs.exp() if draw_probs is None else draw_probs
+        drawn = torch.where(unknown, draw_tokens(probs, generator), tokens)
 
         if step_index == num_inference_steps - 1:
             prev = drawn
@@ -148,10 +157,13 @@ class MeissonicScheduler(SchedulerMixin, ConfigMixin):
                                       masking_schedule).to(sample.device).expand(batch)
             k = torch.minimum(k, num_masked - 1).clamp(min=1)
             k = torch.where(num_masked > 0, k, torch.zeros_like(k))  # nothing left to decide
-            start, end = (temperature, 0.01) if isinstance(temperature, (int, float)) else temperature
-            tau = temperatures(num_inference_steps, start, end)[step_index].item()
-            chosen = log_probs.gather(-1, drawn[..., None].clamp(max=logits.shape[-1] - 1)).squeeze(-1)
-            confidence = chosen + tau * gumbel_noise(chosen.shape, generator, chosen.device)
+            if priority is None:
+                start, end = (temperature, 0.01) if isinstance(temperature, (int, float)) else temperature
+                tau = temperatures(num_inference_steps, start, end)[step_index].item()
+                chosen = log_probs.gather(-1, drawn[..., None].clamp(max=logits.shape[-1] - 1)).squeeze(-1)
+                confidence = chosen + tau * gumbel_noise(chosen.shape, generator, chosen.device)
+            else:
+                confidence = priority.to(sample.device, torch.float32).expand(batch, seq_len).clone()
             confidence = confidence.masked_fill(~unknown, math.inf)  # known tokens are never re-masked
             prev = drawn.masked_fill(lowest_k(confidence, k), mask_id)
 

@@ -54,7 +54,7 @@ def bpe(word: str, merges: list[tuple[str, str]]) -> list[str]:
     ranks = {pair: rank for rank, pair in enumerate(merges)}
     pieces = [*word[:-1], word[-1] + "</w>"]
     while len(pieces) > 1:
-        pairs = [(ranks.get(pair, len(ranks)), i) for i, pair in enumerate(zip(pieces, pieces[1:]))]
+        pairs = [(ranks.get(pair, len(ranks)), i) for i, pair in enumerate(zip(pieces, pieces[1:], strict=False))]
         rank, i = min(pairs)
         if rank == len(ranks):
             break

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import tempfile
 from pathlib import Path
@@ -40,6 +41,89 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, steps: int | None, g
                        help="crop micro-condition (default 0 0)")
     group.add_argument("--original-size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"),
                        help="original-size micro-condition (default: the output size)")
+
+
+def add_enhance_arguments(parser: argparse.ArgumentParser) -> None:
+    """Enhanced-inference flags (SPEC section 7), freely combined, and transformer quantization."""
+    group = parser.add_argument_group("enhanced inference (all combinable; default: vanilla sampling)")
+    group.add_argument("--sampler", metavar="SPEC", help='a setting to start from: "vanilla", "published" '
+                       '(noise reg. + differential + Z-sampling), "key=value,..." or a JSON file')
+    group.add_argument("--published", action="store_true", help='the published combination (= --sampler published)')
+    group.add_argument("--noise-reg", type=float, nargs="?", const=2.0, metavar="STRENGTH",
+                       help="noise regularization of the logits (flag alone: the published strength 2)")
+    group.add_argument("--differential", type=float, nargs="?", const=0.75, metavar="FRACTION",
+                       help="differential sampling on the lowest-KL FRACTION of tokens (flag alone: 0.75)")
+    group.add_argument("--zigzag", type=float, nargs="?", const=0.0, metavar="INVERSION_GUIDANCE",
+                       help="masked Z-sampling with this inversion guidance (flag alone: 0); ~3x model calls")
+    group.add_argument("--guidance-schedule", choices=["constant", "linear", "cosine"],
+                       help="guidance scale over the steps: constant, or a linear/cosine ramp from 1")
+    group.add_argument("--guidance-interval", type=float, nargs=2, metavar=("START", "END"),
+                       help="apply guidance only in this fraction of the steps, e.g. 0.1 0.8")
+    group.add_argument("--halton", action="store_true", help="unmask in the Halton order instead of by confidence")
+    group.add_argument("--tome", type=float, nargs="?", const=0.25, metavar="RATIO",
+                       help="TomeMGT token merging in the dual-stream blocks (flag alone: ratio 0.25)")
+    group.add_argument("--tome-reuse", type=int, metavar="BLOCKS", help="blocks sharing one merge plan (default 5)")
+    quant = parser.add_argument_group("quantization")
+    quant.add_argument("--quantize", choices=["int8", "fp8", "w4a8"],
+                       help="quantize the transformer: int8/fp8 weight-only, or W4A8 (SCQ, calibrated)")
+    quant.add_argument("--calibration-prompts", metavar="FILE",
+                       help="w4a8: prompts to calibrate on, one per line (default: world training prompts)")
+    quant.add_argument("--calibration-count", type=int, default=256,
+                       help="w4a8: how many world training prompts to calibrate on without a file (default 256)")
+    quant.add_argument("--calibration-steps", type=int, default=8, help="w4a8: steps per calibration image")
+
+
+def sampler_options(args: argparse.Namespace):
+    """SamplerOptions from the enhanced-inference flags (--sampler/--published first, single flags on top)."""
+    from ...sampling.options import SamplerOptions
+
+    spec = "published" if getattr(args, "published", False) else getattr(args, "sampler", None)
+    options = SamplerOptions.parse(spec) if spec else SamplerOptions()
+    changes: dict = {}
+    if getattr(args, "noise_reg", None) is not None:
+        changes["noise_reg"] = args.noise_reg
+    if getattr(args, "differential", None) is not None:
+        changes.update(differential=True, differential_fraction=args.differential)
+    if getattr(args, "zigzag", None) is not None:
+        changes.update(zigzag=True, zigzag_guidance=args.zigzag)
+    if getattr(args, "guidance_schedule", None):
+        changes["guidance_schedule"] = args.guidance_schedule
+    if getattr(args, "guidance_interval", None):
+        changes["guidance_interval"] = tuple(args.guidance_interval)
+    if getattr(args, "halton", False):
+        changes["order"] = "halton"
+    if getattr(args, "tome", None) is not None:
+        changes["tome_ratio"] = args.tome
+    if getattr(args, "tome_reuse", None) is not None:
+        changes["tome_reuse"] = args.tome_reuse
+    return dataclasses.replace(options, **changes) if changes else options
+
+
+def read_prompt_file(path: str) -> list[str]:
+    """One prompt per line; blank lines are skipped."""
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"prompt file {path} does not exist")
+    prompts = [line.strip() for line in file.read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError(f"prompt file {path} holds no prompts")
+    return prompts
+
+
+def apply_quantization(pipe, args: argparse.Namespace) -> dict | None:
+    """Quantize the pipeline's transformer as --quantize says (w4a8 calibrates first); returns the report."""
+    mode = getattr(args, "quantize", None)
+    if not mode:
+        return None
+    prompts = None
+    if mode == "w4a8":
+        if args.calibration_prompts:
+            prompts = read_prompt_file(args.calibration_prompts)
+        else:
+            from ...world import training_tasks
+
+            prompts = [task.text for task in training_tasks(args.calibration_count, seed=12345)]
+    return pipe.quantize(mode, calibration_prompts=prompts, calibration_steps=args.calibration_steps)
 
 
 def add_output_arguments(parser: argparse.ArgumentParser) -> None:

@@ -6,12 +6,15 @@ import argparse
 from pathlib import Path
 
 from .common import (
+    add_enhance_arguments,
     add_model_arguments,
     add_output_arguments,
     add_sampling_arguments,
+    apply_quantization,
     generators,
     load_pipeline,
     output_paths,
+    sampler_options,
     sampling_kwargs,
     save_png,
 )
@@ -29,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="outpainting: pixels to add on each side")
     add_model_arguments(parser)
     add_sampling_arguments(parser, steps=None, guidance=None)
+    add_enhance_arguments(parser)
     add_output_arguments(parser)
 
 
@@ -66,17 +70,18 @@ def run(args: argparse.Namespace) -> int:
     kwargs = sampling_kwargs(args)
     if args.strength is not None:
         kwargs["strength"] = args.strength
-    common = dict(num_images_per_prompt=count, generator=generators(args.seed, count), **kwargs)
+    common = dict(num_images_per_prompt=count, generator=generators(args.seed, count),
+                  sampler=sampler_options(args), **kwargs)
+    pipe = load_pipeline(args, MeissonicImg2ImgPipeline if mode == "img2img" else MeissonicInpaintPipeline)
+    apply_quantization(pipe, args)
     if mode == "img2img":
-        images = load_pipeline(args, MeissonicImg2ImgPipeline)(args.prompt, image=image, **common).images
+        images = pipe(args.prompt, image=image, **common).images
+    elif mode == "inpaint":
+        images = pipe(args.prompt, image=image, mask_image=mask, **common).images
     else:
-        pipe = load_pipeline(args, MeissonicInpaintPipeline)
-        if mode == "inpaint":
-            images = pipe(args.prompt, image=image, mask_image=mask, **common).images
-        else:
-            left, right, top, bottom = args.extend
-            images = pipe.outpaint(args.prompt, image=image, left=left, right=right, top=top, bottom=bottom,
-                                   **common).images
+        left, right, top, bottom = args.extend
+        images = pipe.outpaint(args.prompt, image=image, left=left, right=right, top=top, bottom=bottom,
+                               **common).images
     for result, path in zip(images, paths, strict=True):
         save_png(result, path)
         print(path)

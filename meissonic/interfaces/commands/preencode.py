@@ -7,12 +7,18 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="training config: its model and data sections are used")
+    parser.add_argument(
+        "--config", required=True, help="training config: its model and data sections are used"
+    )
     parser.add_argument("--output", required=True, help="folder for the shards")
     parser.add_argument("--input", default=None, help="raw dataset (default: the config's data.path)")
-    parser.add_argument("--text", choices=["embeddings", "ids"], default=None,
-                        help="cache text embeddings (frozen encoder) or token ids (default: ids when the config "
-                             "trains the text encoder)")
+    parser.add_argument(
+        "--text",
+        choices=["embeddings", "ids"],
+        default=None,
+        help="cache text embeddings (frozen encoder) or token ids (default: ids when the config "
+        "trains the text encoder)",
+    )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--crops", type=int, default=1, help="random crops per image")
     parser.add_argument("--shard-size", type=int, default=4096, help="records per shard")
@@ -42,7 +48,17 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"resolution {config.data.resolution} is not a multiple of the VQ factor {factor}")
     dataset = open_raw_dataset(source, config.data, config.seed)
     text = args.text or ("ids" if config.objective.train_text_encoder else "embeddings")
-    index = preencode(dataset, args.output, vqvae, tokenizer, text_encoder, text, args.batch_size, args.crops,
-                      args.shard_size, torch.bfloat16 if args.states_dtype == "bf16" else torch.float32)
+    index = preencode(
+        dataset,
+        args.output,
+        vqvae,
+        tokenizer,
+        text_encoder,
+        text,
+        args.batch_size,
+        args.crops,
+        args.shard_size,
+        torch.bfloat16 if args.states_dtype == "bf16" else torch.float32,
+    )
     print(f"preencoded {index['count']} records ({index['skipped']} skipped) into {args.output}")
     return 0

@@ -8,11 +8,24 @@ import yaml
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="training config (YAML), e.g. configs/train/tiny/stage1.yaml")
-    parser.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
-                        help="continue the run in run_dir from its latest checkpoint (or from CHECKPOINT)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set optim.lr=3e-4 (YAML value syntax)")
+    parser.add_argument(
+        "--config", required=True, help="training config (YAML), e.g. configs/train/tiny/stage1.yaml"
+    )
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="CHECKPOINT",
+        help="continue the run in run_dir from its latest checkpoint (or from CHECKPOINT)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set optim.lr=3e-4 (YAML value syntax)",
+    )
     parser.add_argument("--no-export", action="store_true", help="skip the final pipeline export")
 
 
@@ -34,6 +47,9 @@ def run(args: argparse.Namespace) -> int:
     trainer = Trainer(config, resume=args.resume)
     last = trainer.run(export=not args.no_export)
     if trainer.accelerator.is_main_process:
-        print(f"trained to step {trainer.step}: loss {last.get('loss', float('nan')):.4f}, "
-              f"{last.get('tokens_per_s', 0):.0f} tokens/s, skipped records {trainer.skipped}; run folder {config.run_dir}")
+        print(
+            f"trained to step {trainer.step}: loss {last.get('loss', float('nan')):.4f}, "
+            f"{last.get('tokens_per_s', 0):.0f} tokens/s, skipped records {trainer.skipped}; "
+            f"run folder {config.run_dir}"
+        )
     return 0

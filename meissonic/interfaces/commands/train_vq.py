@@ -8,10 +8,20 @@ from .train import parse_overrides
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="VQ training config (YAML), e.g. configs/vq/tiny.yaml")
-    parser.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
-                        help="continue the run in run_dir from its latest checkpoint (or from CHECKPOINT)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    parser.add_argument(
+        "--config", required=True, help="VQ training config (YAML), e.g. configs/vq/tiny.yaml"
+    )
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="CHECKPOINT",
+        help="continue the run in run_dir from its latest checkpoint (or from CHECKPOINT)",
+    )
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -22,6 +32,9 @@ def run(args: argparse.Namespace) -> int:
     trainer = VQTrainer(config, resume=args.resume)
     metrics = trainer.run()
     if trainer.accelerator.is_main_process:
-        print("held-out: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
-              + f"; VQ model in {trainer.export_dir}")
+        print(
+            "held-out: "
+            + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+            + f"; VQ model in {trainer.export_dir}"
+        )
     return 0

@@ -1,0 +1,183 @@
+"""`meissonic eval compare`: paired comparison of two sampler settings on the world benchmark.
+
+Both settings generate the same held-out prompts with the same per-image seeds (image i: seed + i), so every
+difference comes from the sampler. Reported: per-category scores of each, the win rate of B over A (a task is a
+win when B is correct and A is not, a loss in the reverse case, ties count half) with a paired bootstrap 95%
+interval, and seconds per image. Under `accelerate launch` the prompts are split across the processes.
+
+meissonic eval compare --model FOLDER --a vanilla --b published --num-prompts 200 --out compare.json
+meissonic eval compare --model FOLDER --a vanilla --b "noise_reg=2" --b-label noise-reg --save-images cmp/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+CATEGORY_ORDER = ("kind", "colour", "count", "position", "background")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="Meissonic checkpoint folder")
+    parser.add_argument("--a", default="vanilla", metavar="SPEC",
+                        help='baseline sampler: "vanilla", "published", "key=value,..." or a JSON file')
+    parser.add_argument("--b", required=True, metavar="SPEC", help="sampler compared against A (same forms)")
+    parser.add_argument("--a-label", help="name of A in the printed table (default: its settings)")
+    parser.add_argument("--b-label", help="name of B in the printed table (default: its settings)")
+    parser.add_argument("--num-prompts", type=int, default=200, help="held-out world prompts (default 200)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the prompt list and of the images")
+    parser.add_argument("--steps", type=int, default=16, help="sampling steps")
+    parser.add_argument("--guidance-scale", type=float, default=4.0)
+    parser.add_argument("--size", type=int, default=256, help="image height and width")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16")
+    parser.add_argument("--quantize", choices=["int8", "fp8"], help="quantize the transformer for both settings")
+    parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the interval")
+    parser.add_argument("--out", default="compare_results.json", help="results JSON path")
+    parser.add_argument("--save-images", metavar="DIR", help="save A/B images and a side-by-side strip here")
+    parser.add_argument("--side-by-side", type=int, default=6, help="tasks in the side-by-side strip (default 6)")
+
+
+# ----- statistics -------------------------------------------------------------------------------------------------
+def aggregate(records: list[dict]) -> dict:
+    """Overall, per-category and per-task-type scores from per-task records ({"correct", "checks", "task_type"})."""
+    categories: dict[str, list[bool]] = defaultdict(list)
+    types: dict[str, list[bool]] = defaultdict(list)
+    for record in records:
+        for name, ok in record["checks"].items():
+            categories[name].append(ok)
+        types[record["task_type"]].append(record["correct"])
+    return {
+        "overall": float(np.mean([r["correct"] for r in records])) if records else float("nan"),
+        "categories": {c: float(np.mean(categories[c])) for c in CATEGORY_ORDER if categories[c]},
+        "task_types": {t: float(np.mean(v)) for t, v in sorted(types.items())},
+    }
+
+
+def paired_win_rate(correct_a: np.ndarray, correct_b: np.ndarray, resamples: int = 2000, seed: int = 0) -> dict:
+    """Win rate of B over A on paired binary outcomes, ties split, with a percentile bootstrap 95% interval."""
+    a, b = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
+    if a.shape != b.shape or a.size == 0:
+        raise ValueError("paired outcomes must be non-empty and of equal length")
+    points = np.where(b & ~a, 1.0, np.where(a & ~b, 0.0, 0.5))
+    rng = np.random.default_rng(seed)
+    means = points[rng.integers(0, len(points), size=(resamples, len(points)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return {"win_rate": float(points.mean()), "ci95": [float(low), float(high)], "wins": int((b & ~a).sum()),
+            "losses": int((a & ~b).sum()), "ties": int((a == b).sum()), "n": int(len(points))}
+
+
+# ----- generation -------------------------------------------------------------------------------------------------
+def generate(pipe, tasks: list, indices: list[int], options, args) -> tuple[dict[int, object], float]:
+    """Images of the tasks at `indices` (image i seeded with seed + i) and the wall seconds it took."""
+    import torch
+
+    images: dict[int, object] = {}
+    start = time.perf_counter()
+    for first in range(0, len(indices), args.batch_size):
+        chunk = indices[first:first + args.batch_size]
+        out = pipe([tasks[i].text for i in chunk], height=args.size, width=args.size,
+                   num_inference_steps=args.steps, guidance_scale=args.guidance_scale, sampler=options,
+                   generator=[torch.Generator().manual_seed(args.seed + i) for i in chunk])
+        images.update(zip(chunk, out.images, strict=True))
+    return images, time.perf_counter() - start
+
+
+def side_by_side(pairs: list[tuple[object, object]]):
+    """One image: A on the top row, B below, one column per task."""
+    from PIL import Image
+
+    width, height = pairs[0][0].size
+    strip = Image.new("RGB", (width * len(pairs), height * 2), "white")
+    for column, (a, b) in enumerate(pairs):
+        strip.paste(a, (column * width, 0))
+        strip.paste(b, (column * width, height))
+    return strip
+
+
+def markdown_row(label: str, result: dict) -> str:
+    """| setting | overall | kind | colour | count | position | background | win rate [95% CI] | s/image |"""
+    b, paired = result["b"], result["paired"]
+    cats = " | ".join(f"{b['scores']['categories'].get(c, float('nan')):.3f}" for c in CATEGORY_ORDER)
+    low, high = paired["ci95"]
+    return (f"| {label} | {b['scores']['overall']:.3f} | {cats} | {paired['win_rate']:.3f} [{low:.3f}, {high:.3f}] "
+            f"| {b['seconds_per_image']:.2f} |")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    from meissonic.eval.world import score
+    from meissonic.pipelines import MeissonicPipeline
+    from meissonic.sampling.options import SamplerOptions
+    from meissonic.world import heldout_tasks
+
+    if not Path(args.model).is_dir():
+        raise FileNotFoundError(f"model folder not found: {args.model}")
+    if args.num_prompts < 1 or args.batch_size < 1:
+        raise ValueError("--num-prompts and --batch-size must be >= 1")
+    settings = {"a": SamplerOptions.parse(args.a), "b": SamplerOptions.parse(args.b)}
+    labels = {"a": args.a_label or settings["a"].describe(), "b": args.b_label or settings["b"].describe()}
+    tasks = heldout_tasks(args.num_prompts, args.seed)
+    state = PartialState()
+    pipe = MeissonicPipeline.from_pretrained(args.model, torch_dtype=getattr(torch, args.dtype)).to(state.device)
+    pipe.set_progress_bar_config(disable=True)
+    if args.quantize:
+        pipe.quantize(args.quantize)
+    pipe(tasks[0].text, height=args.size, width=args.size, num_inference_steps=1, output_type="tokens")  # warm-up
+
+    result: dict = {"model": str(args.model), "num_prompts": len(tasks), "seed": args.seed, "steps": args.steps,
+                    "guidance_scale": args.guidance_scale, "size": args.size, "dtype": args.dtype,
+                    "quantize": args.quantize, "processes": state.num_processes}
+    images: dict[str, dict[int, object]] = {}
+    records: dict[str, list[dict]] = {}
+    with state.split_between_processes(list(range(len(tasks)))) as mine:
+        for key in ("a", "b"):
+            images[key], seconds = generate(pipe, tasks, mine, settings[key], args)
+            local = score([images[key][i] for i in mine], [tasks[i] for i in mine])["tasks"] if mine else []
+            rows = gather_object([(i, r) for i, r in zip(mine, local, strict=True)])
+            timings = gather_object([(seconds, len(mine))])
+            records[key] = [r for _, r in sorted(rows, key=lambda row: row[0])]
+            total_seconds, total_images = sum(t for t, _ in timings), sum(n for _, n in timings)
+            result[key] = {"label": labels[key], "sampler": settings[key].to_dict(),
+                           "scores": aggregate(records[key]),
+                           "seconds_per_image": total_seconds / max(total_images, 1)}
+            print(f"[{state.process_index}] {key} ({labels[key]}): {len(mine)} images in {seconds:.1f} s", flush=True)
+        if args.save_images:
+            folder = Path(args.save_images)
+            for key in ("a", "b"):
+                (folder / key).mkdir(parents=True, exist_ok=True)
+                for i, image in images[key].items():
+                    image.save(folder / key / f"{i:05d}.png")
+    if not state.is_main_process:
+        return 0
+
+    correct = {key: np.array([r["correct"] for r in records[key]]) for key in ("a", "b")}
+    result["paired"] = paired_win_rate(correct["a"], correct["b"], args.bootstrap, args.seed)
+    result["per_task"] = [{"text": t.text, "a": ra["correct"], "b": rb["correct"]}
+                          for t, ra, rb in zip(tasks, records["a"], records["b"], strict=True)]
+    if args.save_images and mine:
+        folder, shown = Path(args.save_images), list(mine[: args.side_by_side])
+        side_by_side([(images["a"][i], images["b"][i]) for i in shown]).save(folder / "side_by_side.png")
+        (folder / "side_by_side.txt").write_text("\n".join(tasks[i].text for i in shown) + "\n")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+
+    for key in ("a", "b"):
+        scores = result[key]["scores"]
+        cats = " ".join(f"{c}={v:.3f}" for c, v in scores["categories"].items())
+        print(f"{key.upper()} {labels[key]}: overall={scores['overall']:.3f} {cats} "
+              f"({result[key]['seconds_per_image']:.2f} s/image)")
+    paired = result["paired"]
+    print(f"B over A: win rate {paired['win_rate']:.3f} (95% CI {paired['ci95'][0]:.3f}-{paired['ci95'][1]:.3f}; "
+          f"{paired['wins']} wins, {paired['losses']} losses, {paired['ties']} ties of {paired['n']})")
+    print(markdown_row(labels["b"], result))
+    print(f"results written to {args.out}")
+    return 0

@@ -1,0 +1,209 @@
+"""Building and loading the models a run needs, LoRA, stage chaining and the released-layout export."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..models import MeissonicTransformer2DModel
+from .config import LoRAConfig, ModelConfig
+from .tiny import load_tokenizer as _load_clip_tokenizer
+from .tiny import tiny_text_encoder, tiny_vq_config, write_tiny_tokenizer
+
+COMPRESSION_PREFIXES = ("down_block.", "up_block.")
+
+
+def _folder(spec: str | None, pretrained: str | None, sub: str, what: str) -> Path:
+    if spec is None:
+        if pretrained is None:
+            raise ValueError(
+                f"model.{what} is not set and there is no model.pretrained folder to take it from"
+            )
+        path = Path(pretrained) / sub
+    else:
+        path = Path(spec)
+    if not path.exists():
+        raise FileNotFoundError(f"model.{what}: folder {path} does not exist")
+    return path
+
+
+def load_tokenizer(config: ModelConfig, cache_dir: Path):
+    if config.tokenizer == "tiny":
+        return _load_clip_tokenizer(write_tiny_tokenizer(cache_dir / "tiny_tokenizer"))
+    return _load_clip_tokenizer(_folder(config.tokenizer, config.pretrained, "tokenizer", "tokenizer"))
+
+
+def load_text_encoder(config: ModelConfig, tokenizer, seed: int = 0):
+    from transformers import CLIPTextModelWithProjection
+
+    if isinstance(config.text_encoder, dict):
+        return tiny_text_encoder(tokenizer, seed=seed, **config.text_encoder)
+    path = _folder(config.text_encoder, config.pretrained, "text_encoder", "text_encoder")
+    return CLIPTextModelWithProjection.from_pretrained(str(path), use_safetensors=True).eval()
+
+
+def load_vqvae(spec: str | dict | None, pretrained: str | None = None, seed: int = 0):
+    from diffusers import VQModel
+
+    if isinstance(spec, dict):
+        torch.manual_seed(seed)
+        return VQModel(**tiny_vq_config(**spec))
+    path = _folder(spec, pretrained, "vqvae", "vqvae")
+    if (path / "vqvae").is_dir():  # a train-vq export or a pipeline folder
+        path = path / "vqvae"
+    return VQModel.from_pretrained(str(path), use_safetensors=True).eval()
+
+
+def _transformer_folder(path: Path) -> Path:
+    return path / "transformer" if (path / "transformer" / "config.json").is_file() else path
+
+
+def load_transformer(config: ModelConfig, seed: int = 0) -> MeissonicTransformer2DModel:
+    if isinstance(config.transformer, dict):
+        settings = dict(config.transformer)
+        settings.setdefault("timestep_convention", config.timestep_convention or "mask_ratio")
+        torch.manual_seed(seed)
+        try:
+            return MeissonicTransformer2DModel(**settings)
+        except TypeError as error:
+            raise ValueError(f"model.transformer: {error}") from None
+    path = _transformer_folder(_folder(config.transformer, config.pretrained, "transformer", "transformer"))
+    model = MeissonicTransformer2DModel.from_pretrained(str(path), use_safetensors=True)
+    if config.timestep_convention and config.timestep_convention != model.config.timestep_convention:
+        model.register_to_config(timestep_convention=config.timestep_convention)
+    return model
+
+
+def read_transformer_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """Weights of a transformer from a run checkpoint, a transformer folder or a pipeline folder."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model.init_from: {path} does not exist")
+    for candidate in (
+        path / "model.safetensors",
+        _transformer_folder(path) / "diffusion_pytorch_model.safetensors",
+        path,
+    ):
+        if candidate.is_file():
+            state = load_file(str(candidate))
+            if any(".base_layer." in k or "lora_" in k for k in state):
+                raise ValueError(f"model.init_from: {candidate} holds LoRA weights; export the run first")
+            return state
+    raise FileNotFoundError(f"model.init_from: no transformer weights in {path}")
+
+
+def load_chained(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """Stage chaining: load `state` into `model`; only feature-compression keys (`down_block.*`, `up_block.*`)
+    may be missing from `state` (they keep their fresh initialisation); every other key must match exactly.
+    Returns the new keys."""
+    own = model.state_dict()
+    unexpected = sorted(set(state) - set(own))
+    if unexpected:
+        raise ValueError(
+            f"model.init_from: {len(unexpected)} weights the model does not have, e.g. {unexpected[0]}"
+        )
+    missing = sorted(set(own) - set(state))
+    wrong = [k for k in missing if not k.startswith(COMPRESSION_PREFIXES)]
+    if wrong:
+        raise ValueError(
+            f"model.init_from: {len(wrong)} weights missing that are not compression layers, e.g. {wrong[0]}"
+        )
+    for key, value in state.items():
+        if own[key].shape != value.shape:
+            raise ValueError(
+                f"model.init_from: {key} has shape {tuple(value.shape)}, the model {tuple(own[key].shape)}"
+            )
+    model.load_state_dict(state, strict=False)
+    return missing
+
+
+def add_lora(model: nn.Module, config: LoRAConfig) -> nn.Module:
+    """Freeze `model` and inject trainable LoRA adapters (peft) into the modules named by `target_modules`."""
+    try:
+        from peft import LoraConfig, inject_adapter_in_model
+    except ImportError:
+        raise ValueError("lora.enabled needs peft: pip install 'meissonic[train]'") from None
+    model.requires_grad_(False)
+    lora = LoraConfig(
+        r=config.r,
+        lora_alpha=config.alpha,
+        lora_dropout=config.dropout,
+        target_modules=list(config.target_modules),
+    )
+    try:
+        return inject_adapter_in_model(lora, model)
+    except ValueError as error:
+        raise ValueError(f"lora.target_modules: {error}") from None
+
+
+def merged_copy(model: nn.Module) -> nn.Module:
+    """A copy of `model` with LoRA adapters merged into the base weights and removed (a plain model)."""
+    model = copy.deepcopy(model)
+    try:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+    except ImportError:
+        return model
+    for name, module in list(model.named_modules()):
+        if isinstance(module, BaseTunerLayer):
+            module.merge()
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, module.get_base_layer())
+    return model
+
+
+def released_model_index() -> dict:
+    import diffusers
+
+    return {
+        "_class_name": "Pipeline",
+        "_diffusers_version": diffusers.__version__,
+        "scheduler": ["scheduler", "Scheduler"],
+        "text_encoder": ["transformers", "CLIPTextModelWithProjection"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "transformer": ["transformer", "Transformer2DModel"],
+        "vqvae": ["diffusers", "VQModel"],
+    }
+
+
+def export_pipeline(folder: str | Path, transformer, vqvae, text_encoder, tokenizer) -> Path:
+    """Write a released-layout folder (SPEC section 1) atomically: via `MeissonicPipeline.save_pretrained`
+    when the pipeline package is available, else component by component."""
+    folder = Path(folder)
+    tmp = folder.with_name(f".tmp-{folder.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        from ..pipelines import MeissonicPipeline
+    except ImportError:
+        MeissonicPipeline = None
+    from ..sampling import MeissonicScheduler
+
+    scheduler = MeissonicScheduler(mask_token_id=transformer.mask_token_id)
+    if MeissonicPipeline is not None:
+        MeissonicPipeline(
+            transformer=transformer,
+            vqvae=vqvae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            scheduler=scheduler,
+        ).save_pretrained(str(tmp))
+    else:
+        tmp.mkdir(parents=True)
+        transformer.save_pretrained(str(tmp / "transformer"), safe_serialization=True)
+        vqvae.save_pretrained(str(tmp / "vqvae"), safe_serialization=True)
+        text_encoder.save_pretrained(str(tmp / "text_encoder"), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        scheduler.save_pretrained(str(tmp / "scheduler"))
+        (tmp / "model_index.json").write_text(json.dumps(released_model_index(), indent=2))
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+    return folder

@@ -1,0 +1,91 @@
+"""The masked-token objective (SPEC section 8) and classifier-free-guidance dropout.
+
+All randomness of a step is drawn for the whole global batch from a generator seeded by (seed, step); each
+process slices its samples. Runs are therefore reproducible across resumption and across process counts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..sampling.schedules import countdown_for_ratio
+
+
+@dataclass
+class StepNoise:
+    """Random choices of one optimizer step for every sample of the global batch."""
+
+    masks: torch.Tensor  # (G, L) bool: positions replaced by the mask id
+    drop: torch.Tensor  # (G,) bool: samples trained on the empty prompt
+
+    def slice(self, start: int, size: int) -> StepNoise:
+        return StepNoise(self.masks[start : start + size], self.drop[start : start + size])
+
+
+def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
+    generator = torch.Generator()
+    generator.manual_seed((seed * 1_000_003 + step * 7919 + stream * 104_729) % (2**63 - 1))
+    return generator
+
+
+def sample_masks(batch: int, seq_len: int, generator: torch.Generator, min_masked: int = 1) -> torch.Tensor:
+    """Per sample u ~ U(0,1), r = cos(pi u / 2), n = max(min_masked, round(r L)) positions masked,
+    uniformly."""
+    u = torch.rand(batch, generator=generator, dtype=torch.float64)
+    counts = torch.round(torch.cos(math.pi * u / 2) * seq_len).long().clamp(min=min_masked, max=seq_len)
+    scores = torch.rand(batch, seq_len, generator=generator)
+    ranks = scores.argsort(dim=1).argsort(dim=1)
+    return ranks < counts[:, None]
+
+
+def step_noise(
+    seed: int, step: int, global_batch: int, seq_len: int, cfg_dropout: float, min_masked: int = 1
+) -> StepNoise:
+    generator = step_generator(seed, step)
+    masks = sample_masks(global_batch, seq_len, generator, min_masked)
+    drop = torch.rand(global_batch, generator=generator) < cfg_dropout
+    return StepNoise(masks, drop)
+
+
+def timestep_for(masked_fraction: torch.Tensor, convention: str) -> torch.Tensor:
+    """What the model is fed as `timestep` for inputs with this masked fraction (SPEC section 9)."""
+    if convention == "mask_ratio":
+        return masked_fraction.float()
+    if convention == "step_index":
+        return countdown_for_ratio(masked_fraction, 64).float()
+    raise ValueError(f"unknown timestep convention {convention!r}")
+
+
+def apply_cfg_dropout(
+    states: torch.Tensor,
+    pooled: torch.Tensor,
+    empty_states: torch.Tensor,
+    empty_pooled: torch.Tensor,
+    drop: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Replace text states AND pooled text of the samples where `drop` is true by the empty prompt's.
+
+    Call this after any (re-)encoding of the prompts, right before the transformer, so nothing overwrites it.
+    """
+    drop = drop.to(states.device)
+    states = torch.where(drop[:, None, None], empty_states.to(states.dtype).expand_as(states), states)
+    pooled = torch.where(drop[:, None], empty_pooled.to(pooled.dtype).expand_as(pooled), pooled)
+    return states, pooled
+
+
+def masked_inputs(tokens: torch.Tensor, masks: torch.Tensor, mask_id: int) -> torch.Tensor:
+    """tokens (B, H, W) with the positions of `masks` (B, H*W) set to the mask id."""
+    return torch.where(masks.view_as(tokens).to(tokens.device), torch.full_like(tokens, mask_id), tokens)
+
+
+def masked_cross_entropy_sum(logits: torch.Tensor, tokens: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Sum over masked positions of the cross-entropy of logits (B, C, H, W) against targets (B, H, W)."""
+    flat_logits = logits.permute(0, 2, 3, 1).reshape(-1, logits.shape[1])
+    selected = masks.reshape(-1).to(logits.device)
+    return F.cross_entropy(
+        flat_logits[selected].float(), tokens.reshape(-1)[selected].long(), reduction="sum"
+    )

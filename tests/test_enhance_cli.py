@@ -1,0 +1,110 @@
+"""Command line of the enhanced sampler: flags, bulk generation, `eval compare` (tiny random model: API only)."""
+
+import argparse
+import json
+
+import numpy as np
+import PIL.Image
+import pytest
+
+from meissonic.interfaces import cli
+from meissonic.interfaces.commands.common import add_enhance_arguments, sampler_options
+from meissonic.interfaces.commands.eval_compare import aggregate, paired_win_rate
+from meissonic.sampling.options import SamplerOptions
+from meissonic.testing import build_tiny_pipeline_folder
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return str(build_tiny_pipeline_folder(tmp_path_factory.mktemp("cli") / "model"))
+
+
+@pytest.fixture
+def eval_dispatcher(monkeypatch):
+    """`meissonic eval` routed through the world/compare dispatcher, as proposed for cli.py."""
+    monkeypatch.setitem(cli.SUBCOMMANDS, "eval", ("meissonic.interfaces.commands.eval", "evaluate"))
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser()
+    add_enhance_arguments(parser)
+    return sampler_options(parser.parse_args(argv))
+
+
+def test_flags_build_sampler_options():
+    assert parse([]) == SamplerOptions()
+    assert parse(["--published"]) == SamplerOptions.published()
+    options = parse(["--noise-reg", "--differential", "0.5", "--zigzag", "--guidance-schedule", "linear",
+                     "--guidance-interval", "0.1", "0.9", "--halton", "--tome", "--tome-reuse", "3"])
+    assert options == SamplerOptions(noise_reg=2.0, differential=True, differential_fraction=0.5, zigzag=True,
+                                     guidance_schedule="linear", guidance_interval=(0.1, 0.9), order="halton",
+                                     tome_ratio=0.25, tome_reuse=3)
+    assert parse(["--sampler", "published", "--noise-reg", "1"]).noise_reg == 1.0
+
+
+def test_generate_with_every_flag_and_int8(model, tmp_path):
+    out = tmp_path / "x.png"
+    code = cli.main(["generate", "a red circle", "--model", model, "-o", str(out), "--steps", "3", "--published",
+                     "--halton", "--tome", "--guidance-schedule", "cosine", "--quantize", "int8"])
+    assert code == 0 and PIL.Image.open(out).size == (32, 32)
+
+
+def test_bad_sampler_setting_is_a_one_line_error(model, tmp_path, capsys):
+    code = cli.main(["generate", "x", "--model", model, "-o", str(tmp_path / "o.png"), "--differential", "1.5"])
+    assert code == 2 and "differential_fraction" in capsys.readouterr().err
+
+
+def test_bulk_generation_from_a_prompt_file(model, tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\n\nblue square\ngreen triangle\n")
+    folder = tmp_path / "out"
+    code = cli.main(["generate", "--prompts", str(prompts), "--output-dir", str(folder), "--model", model,
+                     "--steps", "2", "--batch-size", "2", "--seed", "4"])
+    assert code == 0
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == ["00000.png", "00001.png", "00002.png"]
+    # the same image as a single call with the same seed (line i uses seed + i)
+    single = tmp_path / "single.png"
+    cli.main(["generate", "green triangle", "--model", model, "--steps", "2", "--seed", "6", "-o", str(single)])
+    assert np.array_equal(np.asarray(PIL.Image.open(single)), np.asarray(PIL.Image.open(folder / "00002.png")))
+    assert cli.main(["generate", "--prompts", str(prompts), "--output-dir", str(folder), "--model", model]) == 2
+    assert "exists" in capsys.readouterr().err
+
+
+def test_paired_statistics():
+    a = np.array([1, 1, 0, 0, 1, 0], dtype=bool)
+    b = np.array([1, 0, 1, 1, 1, 0], dtype=bool)
+    paired = paired_win_rate(a, b, resamples=500)
+    assert (paired["wins"], paired["losses"], paired["ties"], paired["n"]) == (2, 1, 3, 6)
+    assert paired["win_rate"] == pytest.approx((2 + 0.5 * 3) / 6)
+    assert paired["ci95"][0] <= paired["win_rate"] <= paired["ci95"][1]
+    same = paired_win_rate(a, a, resamples=100)
+    assert same["win_rate"] == 0.5 and same["ci95"] == [0.5, 0.5]
+    records = [{"correct": True, "checks": {"kind": True, "count": False}, "task_type": "single"},
+               {"correct": False, "checks": {"kind": False}, "task_type": "pair"}]
+    assert aggregate(records)["categories"] == {"kind": 0.5, "count": 0.0}
+
+
+def test_eval_compare_on_the_tiny_model(model, tmp_path, capsys, eval_dispatcher):
+    out = tmp_path / "cmp.json"
+    code = cli.main(["eval", "compare", "--model", model, "--a", "vanilla", "--b", "noise_reg=2,order=halton",
+                     "--num-prompts", "6", "--steps", "2", "--size", "32", "--batch-size", "4", "--dtype", "float32",
+                     "--bootstrap", "200", "--out", str(out), "--save-images", str(tmp_path / "imgs"),
+                     "--side-by-side", "3"])
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert result["a"]["sampler"] == SamplerOptions().to_dict()
+    assert result["b"]["sampler"]["order"] == "halton" and result["paired"]["n"] == 6
+    assert set(result["a"]["scores"]) == {"overall", "categories", "task_types"}
+    assert result["a"]["seconds_per_image"] > 0 and len(result["per_task"]) == 6
+    assert PIL.Image.open(tmp_path / "imgs" / "side_by_side.png").size == (3 * 32, 2 * 32)
+    assert len(list((tmp_path / "imgs" / "b").glob("*.png"))) == 6
+    printed = capsys.readouterr().out
+    assert "win rate" in printed and printed.count("| noise_reg=2.0,order=halton |") == 1
+
+
+def test_eval_world_still_routes(model, tmp_path, eval_dispatcher):
+    out = tmp_path / "world.json"
+    code = cli.main(["eval", "world", "--model", model, "--num-prompts", "2", "--steps", "1", "--size", "32",
+                     "--vq-images", "0", "--out", str(out)])
+    assert code == 0 and json.loads(out.read_text())["num_tasks"] == 2

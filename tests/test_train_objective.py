@@ -1,0 +1,129 @@
+"""The masked-token objective, CFG dropout as the model sees it, optimizer groups and stage-3 chaining."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from test_train_helpers import tiny_train_config, write_config, write_imagefolder, write_tiny_vq
+
+from meissonic.models.text import encode_prompts
+from meissonic.training.components import load_chained
+from meissonic.training.config import load_config
+from meissonic.training.objective import sample_masks, step_noise, timestep_for
+from meissonic.training.optim import decay_groups
+from meissonic.training.train import Trainer
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("objective")
+    return root, write_imagefolder(root / "data", count=8), write_tiny_vq(root / "vq")
+
+
+def test_mask_counts_follow_the_cosine_schedule():
+    masks = sample_masks(4000, 64, torch.Generator().manual_seed(0))
+    counts = masks.sum(1).float()
+    assert counts.min() >= 1 and counts.max() <= 64
+    # E[cos(pi u / 2)] = 2 / pi
+    assert abs(counts.mean().item() / 64 - 2 / math.pi) < 0.02
+    assert torch.equal(step_noise(3, 7, 8, 16, 0.5).masks, step_noise(3, 7, 8, 16, 0.5).masks)
+    assert timestep_for(torch.tensor([1.0]), "step_index").item() == pytest.approx(63.0)
+    assert timestep_for(torch.tensor([0.25]), "mask_ratio").item() == 0.25
+
+
+@pytest.mark.parametrize("train_text_encoder", [False, True])
+@pytest.mark.parametrize("p", [0.0, 1.0])
+def test_cfg_dropout_feeds_exactly_the_empty_prompt(assets, tmp_path, p, train_text_encoder):
+    root, data, vq = assets
+    config = tiny_train_config(
+        tmp_path,
+        data,
+        vq,
+        **{"max_steps": 2, "objective.cfg_dropout": p, "objective.train_text_encoder": train_text_encoder},
+    )
+    trainer = Trainer(load_config(write_config(tmp_path / "c.yaml", config)))
+    seen = []
+    trainer.transformer.register_forward_pre_hook(lambda module, args: seen.append((args[1], args[2])))
+    text_encoder = trainer.accelerator.unwrap_model(trainer.text_encoder)
+    empties = []
+    trainer.on_step_end = lambda step: empties.append(encode_prompts(trainer.tokenizer, text_encoder, [""]))
+    # The empty prompt as the pipeline encodes it, with the weights of the forward pass about to run.
+    empties.append(encode_prompts(trainer.tokenizer, text_encoder, [""]))
+    trainer.run(export=False)
+    assert len(seen) == 2
+    for (states, pooled), (empty_states, empty_pooled) in zip(seen, empties, strict=False):
+        same_states = (
+            torch.isclose(states.float(), empty_states.float().expand_as(states), atol=1e-5).flatten(1).all(1)
+        )
+        same_pooled = torch.isclose(pooled.float(), empty_pooled.float().expand_as(pooled), atol=1e-5).all(1)
+        if p == 1.0:
+            assert same_states.all() and same_pooled.all()
+        else:
+            assert not same_states.any() and not same_pooled.any()
+
+
+def test_no_decay_groups_hold_biases_norms_and_embeddings(assets, tmp_path):
+    root, data, vq = assets
+    trainer = Trainer(load_config(write_config(tmp_path / "c.yaml", tiny_train_config(tmp_path, data, vq))))
+    decay, no_decay = decay_groups(trainer.transformer, 0.01)
+    names = {id(p): n for n, p in trainer.transformer.named_parameters()}
+    no_decay_names = {names[id(p)] for p in no_decay["params"]}
+    assert "embed.embeddings.weight" in no_decay_names
+    assert all(n.endswith(("bias", "weight")) for n in no_decay_names)
+    assert all(p.ndim >= 2 for p in decay["params"])
+    assert any(n.endswith("norm_q.weight") for n in no_decay_names)
+    assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 0.01
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(assets, tmp_path):
+    root, data, vq = assets
+    grads = []
+    for checkpointing in (False, True):
+        config = tiny_train_config(
+            tmp_path / str(checkpointing),
+            data,
+            vq,
+            **{"gradient_checkpointing": checkpointing, "mixed_precision": "no"},
+        )
+        trainer = Trainer(load_config(write_config(tmp_path / f"{checkpointing}.yaml", config)))
+        batch = next(trainer._loader())
+        noise = step_noise(0, 0, 4, 64, 0.1)
+        trainer.micro_step(batch, noise.masks, noise.drop).backward()
+        grads.append(
+            torch.cat([p.grad.flatten() for p in trainer.transformer.parameters() if p.grad is not None])
+        )
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)
+
+
+def test_stage3_chaining_adds_only_compression_layers(assets, tmp_path):
+    root, data, vq = assets
+    stage2 = tiny_train_config(tmp_path / "s2", data, vq, max_steps=2)
+    trainer2 = Trainer(load_config(write_config(tmp_path / "s2.yaml", stage2)))
+    trainer2.run()
+    exported = tmp_path / "s2" / "run" / "export"
+    old = {k: v.clone() for k, v in trainer2.transformer.state_dict().items()}
+
+    stage3 = tiny_train_config(
+        tmp_path / "s3",
+        data,
+        vq,
+        max_steps=1,
+        **{
+            "model.init_from": str(exported),
+            "model.transformer.downsample": True,
+            "model.transformer.upsample": True,
+        },
+    )
+    trainer3 = Trainer(load_config(write_config(tmp_path / "s3.yaml", stage3)))
+    new = trainer3.transformer.state_dict()
+    added = set(new) - set(old)
+    assert added and all(k.startswith(("down_block.", "up_block.")) for k in added)
+    assert sorted(added) == trainer3.new_keys
+    for key, value in old.items():
+        assert torch.equal(new[key], value), key
+    # Anything beyond the compression layers missing is an error, not a silent partial load.
+    broken = {k: v for k, v in old.items() if not k.startswith("mlm_layer.")}
+    with pytest.raises(ValueError, match="not compression layers"):
+        load_chained(trainer3.transformer, broken)
