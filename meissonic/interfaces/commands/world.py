@@ -2,6 +2,7 @@
 
 meissonic world render --out DIR --num 20000 --seed 0
 meissonic world sample --num 8 --split heldout
+meissonic world tokenizer --out DIR
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--split", choices=["train", "heldout"], default="train")
     sample.add_argument("--json", action="store_true", help="print the structured tasks as JSON lines")
+    tokenizer = actions.add_parser("tokenizer", help="write a CLIP tokenizer with one token per caption word")
+    tokenizer.add_argument("--out", required=True, help="tokenizer folder (vocab.json + merges.txt)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,6 +47,11 @@ def run(args: argparse.Namespace) -> int:
             progress=progress,
         )
         print(f"wrote {args.num} images and {path}")
+        return 0
+    if args.action == "tokenizer":
+        from meissonic.world.tokenizer import write_world_tokenizer
+
+        print(write_world_tokenizer(args.out))
         return 0
     tasks = (heldout_tasks if args.split == "heldout" else training_tasks)(args.num, args.seed)
     for task in tasks:

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Train the embedded default model from nothing on this machine (CPU): world renders -> VQ tokenizer -> token
+# shards -> transformer -> the package's assets. Every stage resumes where it stopped; run it again after a cut.
+# Usage: bash scripts/train_default_model.sh   (after bash scripts/setup.sh train)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1
+meissonic=".venv/bin/meissonic"
+[ -x "$meissonic" ] || meissonic="meissonic"
+runs=runs/default_model
+
+"$meissonic" world render --out data/world_train --num 30000 --seed 0          # resumable
+"$meissonic" world tokenizer --out "$runs/tokenizer"
+resume() { [ -d "$1" ] && ls "$1"/checkpoints/step-* >/dev/null 2>&1 && echo --resume || true; }
+[ -f "$runs/vq/export/config.json" ] || \
+  "$meissonic" train-vq --config configs/default_model/vq.yaml $(resume "$runs/vq")
+[ -d "$runs/tokens" ] || \
+  "$meissonic" preencode --config configs/default_model/transformer.yaml --input data/world_train --output "$runs/tokens"
+[ -f "$runs/transformer/export/model_index.json" ] || \
+  "$meissonic" train --config configs/default_model/transformer.yaml $(resume "$runs/transformer")
+echo "trained: $runs/transformer/export"
