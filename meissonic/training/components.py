@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import os
 import shutil
 from pathlib import Path
@@ -160,49 +159,25 @@ def merged_copy(model: nn.Module) -> nn.Module:
     return model
 
 
-def released_model_index() -> dict:
-    import diffusers
+def export_pipeline(
+    folder: str | Path, transformer, vqvae, text_encoder, tokenizer, default_resolution: int | None = None
+) -> Path:
+    """Write a released-layout folder (SPEC section 1) atomically through `MeissonicPipeline.save_pretrained`;
+    `default_resolution` (the training resolution) becomes the pipeline's default image side."""
+    from ..pipelines import MeissonicPipeline
+    from ..sampling import MeissonicScheduler
 
-    return {
-        "_class_name": "Pipeline",
-        "_diffusers_version": diffusers.__version__,
-        "scheduler": ["scheduler", "Scheduler"],
-        "text_encoder": ["transformers", "CLIPTextModelWithProjection"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "transformer": ["transformer", "Transformer2DModel"],
-        "vqvae": ["diffusers", "VQModel"],
-    }
-
-
-def export_pipeline(folder: str | Path, transformer, vqvae, text_encoder, tokenizer) -> Path:
-    """Write a released-layout folder (SPEC section 1) atomically: via `MeissonicPipeline.save_pretrained`
-    when the pipeline package is available, else component by component."""
     folder = Path(folder)
     tmp = folder.with_name(f".tmp-{folder.name}")
     shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        from ..pipelines import MeissonicPipeline
-    except ImportError:
-        MeissonicPipeline = None
-    from ..sampling import MeissonicScheduler
-
-    scheduler = MeissonicScheduler(mask_token_id=transformer.mask_token_id)
-    if MeissonicPipeline is not None:
-        MeissonicPipeline(
-            transformer=transformer,
-            vqvae=vqvae,
-            text_encoder=text_encoder,
-            tokenizer=tokenizer,
-            scheduler=scheduler,
-        ).save_pretrained(str(tmp))
-    else:
-        tmp.mkdir(parents=True)
-        transformer.save_pretrained(str(tmp / "transformer"), safe_serialization=True)
-        vqvae.save_pretrained(str(tmp / "vqvae"), safe_serialization=True)
-        text_encoder.save_pretrained(str(tmp / "text_encoder"), safe_serialization=True)
-        tokenizer.save_pretrained(str(tmp / "tokenizer"))
-        scheduler.save_pretrained(str(tmp / "scheduler"))
-        (tmp / "model_index.json").write_text(json.dumps(released_model_index(), indent=2))
+    MeissonicPipeline(
+        transformer=transformer,
+        vqvae=vqvae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler=MeissonicScheduler(mask_token_id=transformer.mask_token_id),
+        default_resolution=default_resolution,
+    ).save_pretrained(str(tmp))
     if folder.exists():
         shutil.rmtree(folder)
     os.replace(tmp, folder)

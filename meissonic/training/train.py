@@ -13,7 +13,6 @@ import contextlib
 import copy
 import math
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -436,18 +435,15 @@ class Trainer:
         folder = Path(folder) if folder else self.run_dir / "export"
         if self.accelerator.is_main_process:
             transformer, text_encoder = self.export_models()
-            export_pipeline(folder, transformer, self.vqvae, text_encoder, self.tokenizer)
+            export_pipeline(folder, transformer, self.vqvae, text_encoder, self.tokenizer,
+                            default_resolution=self.config.data.resolution)
             self.text_encoder.train(self.config.objective.train_text_encoder)
         self.accelerator.wait_for_everyone()
         return folder
 
-    def validate(self) -> Path | None:
+    def validate(self) -> Path:
         """Write a grid of validation images for the current (EMA) weights to `samples/step-N.png`."""
-        try:
-            from ..pipelines import MeissonicPipeline
-        except ImportError:
-            warnings.warn("meissonic.pipelines is not available: skipping validation images", stacklevel=2)
-            return None
+        from ..pipelines import MeissonicPipeline
         from ..sampling import MeissonicScheduler
 
         cfg = self.config.validation
