@@ -5,8 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1
-meissonic=".venv/bin/meissonic"
-[ -x "$meissonic" ] || meissonic="meissonic"
+meissonic=".venv/bin/meissonic" python=".venv/bin/python"
+[ -x "$meissonic" ] || { meissonic="meissonic"; python="python"; }
 runs=runs/default_model
 
 "$meissonic" world render --out data/world_train --num 30000 --seed 0          # resumable
@@ -18,4 +18,4 @@ resume() { [ -d "$1" ] && ls "$1"/checkpoints/step-* >/dev/null 2>&1 && echo --r
   "$meissonic" preencode --config configs/default_model/transformer.yaml --input data/world_train --output "$runs/tokens"
 [ -f "$runs/transformer/export/model_index.json" ] || \
   "$meissonic" train --config configs/default_model/transformer.yaml $(resume "$runs/transformer")
-echo "trained: $runs/transformer/export"
+"$python" scripts/package_default_model.py "$runs/transformer/export"
