@@ -36,6 +36,7 @@ CONFIGS = {  # name: (transformer yaml, resolution / VQ factor 16 = token side, 
     "tiny-128": ("configs/train/tiny/stage1.yaml", 8, 16, {}),
     "tiny-256": ("configs/train/tiny/stage2.yaml", 16, 16, {}),
     "tiny-256-compressed": ("configs/train/tiny/stage3.yaml", 16, 16, {}),
+    "default-model": ("configs/default_model/transformer.yaml", 16, 16, {}),
     "paper-256": ("configs/train/paper/stage1.yaml", 16, 2, {}),
 }
 
