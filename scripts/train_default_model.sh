@@ -15,7 +15,8 @@ resume() { [ -d "$1" ] && ls "$1"/checkpoints/step-* >/dev/null 2>&1 && echo --r
 [ -f "$runs/vq/export/config.json" ] || \
   "$meissonic" train-vq --config configs/default_model/vq.yaml $(resume "$runs/vq")
 [ -d "$runs/tokens" ] || \
-  "$meissonic" preencode --config configs/default_model/transformer.yaml --input data/world_train --output "$runs/tokens"
+  "$meissonic" preencode --config configs/default_model/transformer.yaml --input data/world_train --limit 12000 \
+    --output "$runs/tokens"
 [ -f "$runs/transformer/export/model_index.json" ] || \
   "$meissonic" train --config configs/default_model/transformer.yaml $(resume "$runs/transformer")
 "$python" scripts/package_default_model.py "$runs/transformer/export"

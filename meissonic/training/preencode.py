@@ -24,11 +24,13 @@ def preencode(
     shard_size: int = 4096,
     states_dtype: torch.dtype = torch.bfloat16,
     progress: bool = True,
+    limit: int | None = None,
 ) -> dict:
     """Encode every record (`crops` random crops each) into shards under `output`.
 
     `text="embeddings"` stores the text states and pooled text (frozen text encoder); `text="ids"` stores the
-    token ids only (the text encoder trains). Corrupt records are skipped and counted. Returns the index.
+    token ids only (the text encoder trains). `limit` encodes only the first records. Corrupt records are skipped
+    and counted. Returns the index.
     """
     if text not in ("embeddings", "ids"):
         raise ValueError(f"text must be 'embeddings' or 'ids', got {text!r}")
@@ -67,10 +69,10 @@ def preencode(
         writer.add(rows, captions)
         items.clear()
 
-    total = len(dataset) * crops
-    for position in tqdm(range(total), desc="preencode", unit="img", disable=not progress):
+    records = min(len(dataset), limit) if limit else len(dataset)
+    for position in tqdm(range(records * crops), desc="preencode", unit="img", disable=not progress):
         try:
-            items.append(dataset.load(position % len(dataset), position))
+            items.append(dataset.load(position % records, position))
         except Exception:  # noqa: BLE001 - unreadable records are counted, never fatal
             skipped += 1
             continue

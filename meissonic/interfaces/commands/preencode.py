@@ -23,6 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--crops", type=int, default=1, help="random crops per image")
     parser.add_argument("--shard-size", type=int, default=4096, help="records per shard")
     parser.add_argument("--states-dtype", choices=["bf16", "fp32"], default="bf16")
+    parser.add_argument("--limit", type=int, default=None, help="encode only the first N records")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,8 +38,8 @@ def run(args: argparse.Namespace) -> int:
     source = args.input or config.data.path
     if not source or not Path(source).exists():
         raise FileNotFoundError(f"dataset path {source!r} does not exist")
-    if args.batch_size < 1 or args.crops < 1 or args.shard_size < 1:
-        raise ValueError("--batch-size, --crops and --shard-size must be at least 1")
+    if args.batch_size < 1 or args.crops < 1 or args.shard_size < 1 or (args.limit is not None and args.limit < 1):
+        raise ValueError("--batch-size, --crops, --shard-size and --limit must be at least 1")
     Path(config.run_dir).mkdir(parents=True, exist_ok=True)
     tokenizer = load_tokenizer(config.model, Path(config.run_dir))
     text_encoder = load_text_encoder(config.model, tokenizer, config.seed).eval()
@@ -59,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
         args.crops,
         args.shard_size,
         torch.bfloat16 if args.states_dtype == "bf16" else torch.float32,
+        limit=args.limit,
     )
     print(f"preencoded {index['count']} records ({index['skipped']} skipped) into {args.output}")
     return 0
