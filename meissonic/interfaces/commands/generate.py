@@ -32,6 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "images go to --output-dir and are split across `accelerate launch` processes")
     parser.add_argument("--output-dir", metavar="DIR", help="with --prompts: folder for NNNNN.png (line number)")
     parser.add_argument("--batch-size", type=int, default=1, help="with --prompts: prompts per pipeline call")
+    parser.add_argument("--grid", action="store_true", help="write one labelled grid (a row per prompt, a column per "
+                        "seed: --num-images seeds) instead of separate files")
     add_model_arguments(parser)
     add_sampling_arguments(parser, steps=None, guidance=None)
     add_enhance_arguments(parser)
@@ -97,11 +99,19 @@ def run(args: argparse.Namespace) -> int:
     if args.output_dir:
         raise ValueError("--output-dir is for --prompts FILE; use -o for prompts given as arguments")
     count = len(args.prompt) * args.num_images
-    paths = output_paths(args.output, count, args.overwrite)  # fail before loading anything
+    paths = output_paths(args.output, 1 if args.grid else count, args.overwrite)  # fail before loading anything
     pipe = load_pipeline(args, MeissonicPipeline)
     apply_quantization(pipe, args)
-    images = pipe(args.prompt, num_images_per_prompt=args.num_images, generator=generators(args.seed, count),
+    if args.grid:  # a column per seed: image k of every prompt uses seed + k
+        gens = [g for _ in args.prompt for g in generators(args.seed, args.num_images)]
+    else:  # image i of the whole list uses seed + i
+        gens = generators(args.seed, count)
+    images = pipe(args.prompt, num_images_per_prompt=args.num_images, generator=gens,
                   sampler=sampler_options(args), **sampling_kwargs(args)).images
+    if args.grid:
+        from ..grid import labelled_grid
+
+        images = [labelled_grid(images, args.prompt, [args.seed + k for k in range(args.num_images)])]
     for image, path in zip(images, paths, strict=True):
         save_png(image, path)
         print(path)
