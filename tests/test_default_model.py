@@ -1,0 +1,54 @@
+"""The embedded default model ships in the package, loads like any released checkpoint and follows prompts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from meissonic import MeissonicPipeline
+from meissonic.eval import score
+from meissonic.interfaces.cli import main
+from meissonic.interfaces.commands.common import default_model_folder
+from meissonic.world import heldout_tasks
+
+
+try:
+    default_model_folder()
+except FileNotFoundError:  # remove once the model ships (issue: the embedded default model)
+    pytest.skip("the embedded default model is not in the package yet", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    pipe = MeissonicPipeline.from_pretrained(default_model_folder(), torch_dtype=torch.bfloat16)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_package_weights_within_budget():
+    size = sum(p.stat().st_size for p in default_model_folder().rglob("*") if p.is_file())
+    assert size <= 60 * 2**20
+    assert not list(default_model_folder().rglob("*.bin"))
+
+
+def test_generates_at_two_seeds(pipe):
+    images = [pipe("a red circle above a blue square", generator=torch.Generator().manual_seed(s)).images[0]
+              for s in (0, 1)]
+    assert all(image.size == (256, 256) for image in images)
+    assert not np.array_equal(np.asarray(images[0]), np.asarray(images[1]))
+
+
+def test_generate_without_model_flag(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["generate", "a green triangle"]) == 0
+    assert capsys.readouterr().out.strip() == "out.png"
+    assert (tmp_path / "out.png").is_file()
+
+
+def test_world_score_far_above_chance(pipe):
+    tasks = heldout_tasks(16, seed=123)
+    images = pipe([t.text for t in tasks], generator=[torch.Generator().manual_seed(i) for i in range(16)]).images
+    result = score(images, tasks)
+    # Chance: one of 4 kinds and 6 colours (a random image scores ~0 overall).
+    assert result["categories"]["kind"] > 0.5 and result["categories"]["colour"] > 0.5, result["categories"]
