@@ -12,7 +12,6 @@ from meissonic.interfaces.cli import main
 from meissonic.interfaces.commands.common import default_model_folder
 from meissonic.world import heldout_tasks
 
-
 try:
     default_model_folder()
 except FileNotFoundError:  # remove once the model ships (issue: the embedded default model)
