@@ -275,3 +275,21 @@ def test_step_callback_can_read_and_replace_tokens(pipe):
     pipe("a", num_inference_steps=3, generator=seeded(), callback_on_step_end=callback)
     assert [(s, t) for s, t, _ in seen] == [(0, 2), (1, 1), (2, 0)]
     assert (seen[-1][2] != pipe.transformer.mask_token_id).all()
+
+
+def test_checkpoint_sampling_defaults(tiny_folder, tmp_path):
+    folder = broken_copy(tiny_folder, tmp_path)
+    index = json.loads((folder / "model_index.json").read_text())
+    index.update(default_steps=3, default_guidance_scale=1.0)
+    (folder / "model_index.json").write_text(json.dumps(index))
+    pipe = MeissonicPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    calls, handle = transformer_inputs(pipe)
+    try:
+        pipe("a cat", generator=seeded())
+    finally:
+        handle.remove()
+    assert len(calls) == 3 and calls[0][0].shape[0] == 1  # 3 steps, no guidance batch
+    assert MeissonicInpaintPipeline.from_pipe(pipe).config.default_steps == 3
+    released = MeissonicPipeline.from_pretrained(tiny_folder)
+    assert (released.config.default_steps, released.config.default_guidance_scale) == (48, 9.0)

@@ -49,11 +49,17 @@ def _defaults(pipeline_class) -> dict[str, Any]:
     return defaults
 
 
-def tasks() -> list[Task]:
-    """The UI's tabs, with the pipelines' own default steps, guidance and strength."""
+def tasks(pipeline=None) -> list[Task]:
+    """The UI's tabs, with the pipelines' own default steps, guidance and strength (text-to-image: the
+    checkpoint's `default_steps` / `default_guidance_scale` when `pipeline` is given)."""
     from ..pipelines import MeissonicImg2ImgPipeline, MeissonicInpaintPipeline, MeissonicPipeline
+    from ..pipelines.base import RELEASED_GUIDANCE, RELEASED_STEPS
 
     t2i, i2i, inpaint = (_defaults(c) for c in (MeissonicPipeline, MeissonicImg2ImgPipeline, MeissonicInpaintPipeline))
+    if t2i["num_inference_steps"] is None:
+        t2i["num_inference_steps"] = pipeline.config.default_steps if pipeline is not None else RELEASED_STEPS
+    if t2i["guidance_scale"] is None:
+        t2i["guidance_scale"] = pipeline.config.default_guidance_scale if pipeline is not None else RELEASED_GUIDANCE
     return [
         Task("text2image", "Text to image", "text2image", t2i["num_inference_steps"], t2i["guidance_scale"], None),
         Task("img2img", "Image to image", "img2img", i2i["num_inference_steps"], i2i["guidance_scale"],
@@ -95,7 +101,7 @@ class MeissonicUI:
         self.max_size = max(self.stride, size - size % self.stride)
         self.max_extend = max(self.stride, self.max_size // 2 - self.max_size // 2 % self.stride)
         self.max_images = max_images
-        self.tasks = {task.name: task for task in tasks()}
+        self.tasks = {task.name: task for task in tasks(pipeline)}
         classes = {"text2image": MeissonicPipeline, "img2img": MeissonicImg2ImgPipeline,
                    "inpaint": MeissonicInpaintPipeline}
         defaults = sampler_defaults or {}  # e.g. the enhanced-inference flags of `meissonic ui`

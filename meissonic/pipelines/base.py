@@ -38,9 +38,15 @@ class MeissonicPipelineOutput(BaseOutput):
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
 
 
+# Settings a checkpoint may store in model_index.json beside its components (None: the released defaults).
+PIPELINE_SETTINGS = ("default_resolution", "default_steps", "default_guidance_scale")
+RELEASED_STEPS, RELEASED_GUIDANCE = 48, 9.0
+
+
 class MeissonicPipelineBase(DiffusionPipeline):
     """Components: transformer, vqvae (diffusers VQModel), text_encoder (CLIPTextModelWithProjection), tokenizer
-    (CLIPTokenizer), scheduler (MeissonicScheduler). `default_resolution` is the side used when no size is given."""
+    (CLIPTokenizer), scheduler (MeissonicScheduler). Settings: `default_resolution` (the image side when no size
+    is given), `default_steps` and `default_guidance_scale` (text-to-image defaults; released: 48 and 9)."""
 
     model_cpu_offload_seq = "text_encoder->transformer->vqvae"
 
@@ -52,6 +58,8 @@ class MeissonicPipelineBase(DiffusionPipeline):
         tokenizer,
         scheduler: MeissonicScheduler,
         default_resolution: int | None = None,
+        default_steps: int | None = None,
+        default_guidance_scale: float | None = None,
     ):
         super().__init__()
         self.register_modules(
@@ -59,7 +67,17 @@ class MeissonicPipelineBase(DiffusionPipeline):
         )
         if default_resolution is None:  # released checkpoints: 1024 px with feature compression, 512 px without
             default_resolution = 1024 if transformer.config.downsample else 512
-        self.register_to_config(default_resolution=int(default_resolution))
+        self.register_to_config(
+            default_resolution=int(default_resolution),
+            default_steps=int(default_steps or RELEASED_STEPS),
+            default_guidance_scale=float(
+                RELEASED_GUIDANCE if default_guidance_scale is None else default_guidance_scale
+            ),
+        )
+
+    @property
+    def settings(self) -> dict:
+        return {name: self.config[name] for name in PIPELINE_SETTINGS}
 
     @classmethod
     def from_pretrained(
@@ -68,17 +86,17 @@ class MeissonicPipelineBase(DiffusionPipeline):
         """Load a local folder in the released layout (or one written by `save_pretrained`).
 
         `torch_dtype` applies to the transformer and the text encoder (the VQ model stays float32 unless bfloat16
-        is asked for); `variant` picks e.g. `diffusion_pytorch_model.fp16.safetensors`. Components given as
-        keyword arguments replace the stored ones.
+        is asked for); `variant` picks e.g. `diffusion_pytorch_model.fp16.safetensors`. Components and settings
+        given as keyword arguments replace the stored ones.
         """
         components, extras = load_components(folder, torch_dtype=torch_dtype, variant=variant)
-        unknown = set(kwargs) - set(components) - {"default_resolution"}
+        unknown = set(kwargs) - set(components) - set(PIPELINE_SETTINGS)
         if unknown:
             raise TypeError(f"unexpected arguments {sorted(unknown)}")
-        settings = {"default_resolution": extras.get("default_resolution")}
-        settings.update(kwargs)
-        components.update({k: v for k, v in settings.items() if k in components})
-        return cls(**components, default_resolution=settings["default_resolution"])
+        settings = {name: extras.get(name) for name in PIPELINE_SETTINGS}
+        for name, value in kwargs.items():
+            (components if name in components else settings)[name] = value
+        return cls(**components, **settings)
 
     def save_pretrained(self, save_directory: str | Path, **kwargs) -> None:
         """Write the released layout (safetensors weights; the tokenizer also as vocab.json + merges.txt)."""
@@ -88,7 +106,7 @@ class MeissonicPipelineBase(DiffusionPipeline):
     @classmethod
     def from_pipe(cls, pipeline: MeissonicPipelineBase) -> MeissonicPipelineBase:
         """Another task's pipeline sharing the same components (no copy)."""
-        return cls(**pipeline.components, default_resolution=pipeline.config.default_resolution)
+        return cls(**pipeline.components, **pipeline.settings)
 
     # ----- geometry -----------------------------------------------------------------------------------------------
     @property

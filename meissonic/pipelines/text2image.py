@@ -19,8 +19,8 @@ class MeissonicPipeline(MeissonicPipelineBase):
         negative_prompt: str | list[str] | None = None,
         height: int | None = None,
         width: int | None = None,
-        num_inference_steps: int = 48,
-        guidance_scale: float = 9.0,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
         num_images_per_prompt: int = 1,
         generator: Generators = None,
         temperature: tuple[float, float] | float = (2.0, 0.0),
@@ -41,8 +41,13 @@ class MeissonicPipeline(MeissonicPipelineBase):
         guidance_scale > 1 runs classifier-free guidance against `negative_prompt` (default ""); temperature is the
         Gumbel temperature annealed from its first to its second value; micro-conditions are the aesthetic score,
         the crop (top, left) and the original (height, width), which defaults to the output size.
-        output_type: "pil", "np", "pt" or "tokens" (the VQ token grids).
+        output_type: "pil", "np", "pt" or "tokens" (the VQ token grids). Steps and guidance default to the
+        checkpoint's `default_steps` / `default_guidance_scale` (released: 48 and 9).
         """
+        if num_inference_steps is None:
+            num_inference_steps = self.config.default_steps
+        if guidance_scale is None:
+            guidance_scale = self.config.default_guidance_scale
         height = self.config.default_resolution if height is None else height
         width = self.config.default_resolution if width is None else width
         self.check_size(height, width)

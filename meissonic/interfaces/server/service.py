@@ -45,11 +45,10 @@ def pipelines_for_worker(pipeline) -> dict[str, Any]:
     from ...pipelines import MeissonicImg2ImgPipeline, MeissonicInpaintPipeline, MeissonicPipeline
 
     components = dict(pipeline.components, tokenizer=copy.deepcopy(pipeline.tokenizer))
-    resolution = pipeline.config.default_resolution
     pipelines = {
-        "text2image": MeissonicPipeline(**components, default_resolution=resolution),
-        "img2img": MeissonicImg2ImgPipeline(**components, default_resolution=resolution),
-        "inpaint": MeissonicInpaintPipeline(**components, default_resolution=resolution),
+        "text2image": MeissonicPipeline(**components, **pipeline.settings),
+        "img2img": MeissonicImg2ImgPipeline(**components, **pipeline.settings),
+        "inpaint": MeissonicInpaintPipeline(**components, **pipeline.settings),
     }
     for pipe in pipelines.values():
         pipe.set_progress_bar_config(disable=True)
