@@ -1,6 +1,7 @@
-"""Copy a trained pipeline into the package as the embedded default model, with bfloat16 weights.
+"""Copy a trained pipeline into the package as the embedded default model, with bfloat16 weights and its
+sampling defaults (steps, guidance) stored in model_index.json.
 
-Usage: python scripts/package_default_model.py runs/default_model/transformer/export
+Usage: python scripts/package_default_model.py EXPORT_FOLDER [STEPS GUIDANCE]
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ TARGET = Path(__file__).resolve().parents[1] / "meissonic" / "assets" / "default
 LIMIT_MB = 60
 
 
-def main(source: str) -> None:
-    pipe = MeissonicPipeline.from_pretrained(source, torch_dtype=torch.bfloat16)
+def main(source: str, steps: int, guidance: float) -> None:
+    pipe = MeissonicPipeline.from_pretrained(source, torch_dtype=torch.bfloat16, default_steps=steps,
+                                             default_guidance_scale=guidance)
     staging = TARGET.with_name(".staging-default_model")
     shutil.rmtree(staging, ignore_errors=True)
     pipe.save_pretrained(staging)
@@ -32,6 +34,6 @@ def main(source: str) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
+    if len(sys.argv) not in (2, 4):
         raise SystemExit(__doc__)
-    main(sys.argv[1])
+    main(sys.argv[1], *(int(sys.argv[2]), float(sys.argv[3])) if len(sys.argv) == 4 else (16, 4.0))
