@@ -108,3 +108,14 @@ def test_grid_has_a_row_per_prompt_and_a_column_per_seed(model, tmp_path, capsys
     cell = grid.crop((32, header + 32 + 14 + header, 64, header + 32 + 14 + header + 32))
     same = np.mean(np.asarray(cell) == np.asarray(single))
     assert same > 0.9, same  # batched float math may flip a rare near-tie draw; another seed gives ~0.25
+
+
+def test_output_has_the_usual_permissions(model, tmp_path):
+    import os
+    import stat
+
+    out = tmp_path / "perm.png"
+    assert main(["generate", "x", "--model", model, "-o", str(out), "--steps", "2", "--dtype", "fp32"]) == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask

@@ -218,6 +218,9 @@ def save_png(image, path: Path) -> None:
     handle, temporary = tempfile.mkstemp(suffix=".png", dir=path.parent)
     os.close(handle)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
         image.save(temporary, format="PNG")
         os.replace(temporary, path)
     except BaseException:
