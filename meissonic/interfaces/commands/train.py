@@ -7,10 +7,9 @@ import argparse
 import yaml
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config", required=True, help="training config (YAML), e.g. configs/train/tiny/stage1.yaml"
-    )
+def add_run_arguments(parser: argparse.ArgumentParser, example_config: str) -> None:
+    """--config, --resume and --set, shared by `train` and `train-vq`."""
+    parser.add_argument("--config", required=True, help=f"training config (YAML), e.g. {example_config}")
     parser.add_argument(
         "--resume",
         nargs="?",
@@ -26,6 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a config value, e.g. --set optim.lr=3e-4 (YAML value syntax)",
     )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_run_arguments(parser, "configs/train/tiny/stage1.yaml")
     parser.add_argument("--no-export", action="store_true", help="skip the final pipeline export")
 
 

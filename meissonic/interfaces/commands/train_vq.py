@@ -4,24 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from .train import parse_overrides
+from .train import add_run_arguments, parse_overrides
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config", required=True, help="VQ training config (YAML), e.g. configs/vq/tiny.yaml"
-    )
-    parser.add_argument(
-        "--resume",
-        nargs="?",
-        const=True,
-        default=False,
-        metavar="CHECKPOINT",
-        help="continue the run in run_dir from its latest checkpoint (or from CHECKPOINT)",
-    )
-    parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value"
-    )
+    add_run_arguments(parser, "configs/vq/tiny.yaml")
 
 
 def run(args: argparse.Namespace) -> int:
