@@ -12,10 +12,10 @@ runs=runs/default_model
 "$meissonic" world render --out data/world_train --num 30000 --seed 0          # resumable
 "$meissonic" world tokenizer --out "$runs/tokenizer"
 resume() { [ -d "$1" ] && ls "$1"/checkpoints/step-* >/dev/null 2>&1 && echo --resume || true; }
-if [ ! -f "$runs/vq/export/config.json" ] && [ -f weights/world_vq/config.json ]; then
-  mkdir -p "$runs/vq" && cp -r weights/world_vq "$runs/vq/export"     # the committed result of this stage
+if [ ! -f "$runs/vq/export/vqvae/config.json" ] && [ -f weights/world_vq/config.json ]; then
+  mkdir -p "$runs/vq/export" && cp -r weights/world_vq "$runs/vq/export/vqvae"   # the committed result of this stage
 fi
-[ -f "$runs/vq/export/config.json" ] || \
+[ -f "$runs/vq/export/vqvae/config.json" ] || \
   "$meissonic" train-vq --config configs/default_model/vq.yaml $(resume "$runs/vq")
 [ -d "$runs/tokens" ] || \
   "$meissonic" preencode --config configs/default_model/transformer.yaml --input data/world_train --limit 12000 \
