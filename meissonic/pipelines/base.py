@@ -23,7 +23,7 @@ from ..models.transformer import MeissonicTransformer2DModel
 from ..sampling.enhance import differential_probs, halton_priority, normal_noise, zigzag_remask
 from ..sampling.options import SamplerOptions
 from ..sampling.scheduler import Generators, MeissonicScheduler
-from .images import numpy_to_pil, tensor_to_numpy
+from .images import image_size, numpy_to_pil, tensor_to_numpy
 from .loading import load_components, write_clip_vocabulary
 
 OUTPUT_TYPES = ("pil", "np", "pt", "tokens", "latent")
@@ -185,6 +185,25 @@ class MeissonicPipelineBase(DiffusionPipeline):
         quant = vq.quantize.get_codebook_entry(tokens.reshape(-1), (batch, height, width, channels))
         images = vq.decoder(vq.post_quant_conv(quant), quant if vq.config.norm_type == "spatial" else None)
         return images.float().clamp(0, 1)
+
+    def edit_inputs(
+        self, image, height: int | None, width: int | None, prompts: int
+    ) -> tuple[list, tuple[int, int], int, int]:
+        """The image list of an editing call, its first image's (height, width), and the checked output size
+        (default: the first image's size). One image, or one per prompt."""
+        images = image if isinstance(image, list) else [image]
+        source = image_size(images[0])
+        height = source[0] if height is None else height
+        width = source[1] if width is None else width
+        self.check_size(height, width)
+        check_per_prompt(images, prompts, "images")
+        return images, source, height, width
+
+    def finish(self, tokens: torch.Tensor, output_type: str, return_dict: bool) -> MeissonicPipelineOutput | tuple:
+        """Decode to `output_type`, release offload hooks, return diffusers-style."""
+        output = self.to_output(tokens, output_type)
+        self.maybe_free_model_hooks()
+        return output if return_dict else (output.images,)
 
     def to_output(self, tokens: torch.Tensor, output_type: str) -> MeissonicPipelineOutput:
         if output_type in ("tokens", "latent"):
@@ -401,3 +420,8 @@ def prompt_count(prompt: str | list[str] | None, prompt_embeds: tuple[torch.Tens
     if prompt_embeds is not None:
         return prompt_embeds[0].shape[0]
     return len(normalize_prompts(prompt))
+
+
+def check_per_prompt(items: list, prompts: int, name: str) -> None:
+    if len(items) not in (1, prompts):
+        raise ValueError(f"got {len(items)} {name} for {prompts} prompts; pass one or one per prompt")

@@ -8,7 +8,7 @@ from ..sampling.options import SamplerOptions
 from ..sampling.scheduler import Generators
 from ..sampling.schedules import mask_ratio
 from .base import MeissonicPipelineBase, MeissonicPipelineOutput, StepCallback, prompt_count, resolve_sampler
-from .images import ImageInput, image_size, images_to_tensor
+from .images import ImageInput, images_to_tensor
 
 
 def start_step(num_inference_steps: int, strength: float) -> int:
@@ -52,14 +52,8 @@ class MeissonicImg2ImgPipeline(MeissonicPipelineBase):
         the image. The output size defaults to the image's size."""
         if image is None:
             raise ValueError("img2img needs an image")
-        images = image if isinstance(image, list) else [image]
-        first_h, first_w = image_size(images[0])
-        height = first_h if height is None else height
-        width = first_w if width is None else width
-        self.check_size(height, width)
         prompts = prompt_count(prompt, prompt_embeds)
-        if len(images) not in (1, prompts):
-            raise ValueError(f"got {len(images)} images for {prompts} prompts; pass one image or one per prompt")
+        images, _, height, width = self.edit_inputs(image, height, width, prompts)
         batch = prompts * num_images_per_prompt
         self.check_common(num_inference_steps, guidance_scale, num_images_per_prompt, output_type, generator, batch)
         first = start_step(num_inference_steps, strength)
@@ -78,6 +72,4 @@ class MeissonicImg2ImgPipeline(MeissonicPipelineBase):
         tokens = self.denoise(tokens, states, pooled, micro, num_inference_steps, guidance_scale, generator,
                               temperature, start_step=first, masking_schedule=masking_schedule,
                               callback_on_step_end=callback_on_step_end, sampler=options)
-        output = self.to_output(tokens, output_type)
-        self.maybe_free_model_hooks()
-        return output if return_dict else (output.images,)
+        return self.finish(tokens, output_type, return_dict)

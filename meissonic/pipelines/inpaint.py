@@ -7,7 +7,14 @@ import torch
 from ..sampling.options import SamplerOptions
 from ..sampling.scheduler import Generators
 from ..sampling.schedules import mask_ratio
-from .base import MeissonicPipelineBase, MeissonicPipelineOutput, StepCallback, prompt_count, resolve_sampler
+from .base import (
+    MeissonicPipelineBase,
+    MeissonicPipelineOutput,
+    StepCallback,
+    check_per_prompt,
+    prompt_count,
+    resolve_sampler,
+)
 from .image2image import start_step
 from .images import ImageInput, image_size, images_to_tensor, masks_to_grid, outpaint_canvas
 
@@ -48,19 +55,13 @@ class MeissonicInpaintPipeline(MeissonicPipelineBase):
         keeps a random part of the masked tokens as a starting point, like img2img."""
         if image is None or mask_image is None:
             raise ValueError("inpainting needs both an image and a mask_image")
-        images = image if isinstance(image, list) else [image]
-        masks = mask_image if isinstance(mask_image, list) else [mask_image]
-        first_h, first_w = image_size(images[0])
-        height = first_h if height is None else height
-        width = first_w if width is None else width
-        self.check_size(height, width)
-        for mask in masks:
-            if image_size(mask) != (first_h, first_w):
-                raise ValueError(f"mask size {image_size(mask)} differs from image size {(first_h, first_w)} (h, w)")
         prompts = prompt_count(prompt, prompt_embeds)
-        for name, items in (("images", images), ("masks", masks)):
-            if len(items) not in (1, prompts):
-                raise ValueError(f"got {len(items)} {name} for {prompts} prompts; pass one or one per prompt")
+        images, source, height, width = self.edit_inputs(image, height, width, prompts)
+        masks = mask_image if isinstance(mask_image, list) else [mask_image]
+        for mask in masks:
+            if image_size(mask) != source:
+                raise ValueError(f"mask size {image_size(mask)} differs from image size {source} (h, w)")
+        check_per_prompt(masks, prompts, "masks")
         batch = prompts * num_images_per_prompt
         self.check_common(num_inference_steps, guidance_scale, num_images_per_prompt, output_type, generator, batch)
         first = start_step(num_inference_steps, strength)
@@ -89,9 +90,7 @@ class MeissonicInpaintPipeline(MeissonicPipelineBase):
                               temperature, start_step=first, starting_mask_ratio=masked_fraction,
                               masking_schedule=masking_schedule, callback_on_step_end=callback_on_step_end,
                               sampler=options)
-        output = self.to_output(tokens, output_type)
-        self.maybe_free_model_hooks()
-        return output if return_dict else (output.images,)
+        return self.finish(tokens, output_type, return_dict)
 
     def outpaint(
         self,

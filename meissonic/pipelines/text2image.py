@@ -65,6 +65,4 @@ class MeissonicPipeline(MeissonicPipelineBase):
         tokens = self.denoise(tokens, states, pooled, micro, num_inference_steps, guidance_scale, generator,
                               temperature, masking_schedule=masking_schedule,
                               callback_on_step_end=callback_on_step_end, sampler=options)
-        output = self.to_output(tokens, output_type)
-        self.maybe_free_model_hooks()
-        return output if return_dict else (output.images,)
+        return self.finish(tokens, output_type, return_dict)
