@@ -1,16 +1,17 @@
 """Copy a trained pipeline into the package as the embedded default model, with bfloat16 weights and its
 sampling defaults (steps, guidance) stored in model_index.json.
 
-Usage: python scripts/package_default_model.py EXPORT_FOLDER [STEPS GUIDANCE]
+Usage: python scripts/package_default_model.py EXPORT_FOLDER [--vqvae FOLDER] [--steps N] [--guidance-scale G]
 """
 
 from __future__ import annotations
 
+import argparse
 import shutil
-import sys
 from pathlib import Path
 
 import torch
+from diffusers import VQModel
 
 from meissonic import MeissonicPipeline
 
@@ -18,9 +19,27 @@ TARGET = Path(__file__).resolve().parents[1] / "meissonic" / "assets" / "default
 LIMIT_MB = 60
 
 
-def main(source: str, steps: int, guidance: float) -> None:
-    pipe = MeissonicPipeline.from_pretrained(source, torch_dtype=torch.bfloat16, default_steps=steps,
-                                             default_guidance_scale=guidance)
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("export", help="pipeline folder written by `meissonic train`")
+    parser.add_argument("--vqvae", help="VQ folder replacing the pipeline's (a decoder fine-tuned on the same codes)")
+    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--guidance-scale", type=float, default=4.0)
+    args = parser.parse_args()
+    components = {}
+    if args.vqvae:
+        vqvae = VQModel.from_pretrained(args.vqvae, torch_dtype=torch.bfloat16)
+        original = VQModel.from_pretrained(args.export, subfolder="vqvae", torch_dtype=torch.bfloat16)
+        if not torch.equal(vqvae.quantize.embedding.weight, original.quantize.embedding.weight):
+            raise SystemExit(f"{args.vqvae} has another codebook than the VQ the transformer was trained on")
+        components["vqvae"] = vqvae
+    pipe = MeissonicPipeline.from_pretrained(
+        args.export,
+        torch_dtype=torch.bfloat16,
+        default_steps=args.steps,
+        default_guidance_scale=args.guidance_scale,
+        **components,
+    )
     staging = TARGET.with_name(".staging-default_model")
     shutil.rmtree(staging, ignore_errors=True)
     pipe.save_pretrained(staging)
@@ -34,6 +53,4 @@ def main(source: str, steps: int, guidance: float) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) not in (2, 4):
-        raise SystemExit(__doc__)
-    main(sys.argv[1], *(int(sys.argv[2]), float(sys.argv[3])) if len(sys.argv) == 4 else (16, 4.0))
+    main()

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Train the embedded default model from nothing on this machine (CPU): world renders -> VQ tokenizer -> token
-# shards -> transformer -> the package's assets. Every stage resumes where it stopped; run it again after a cut.
+# shards -> transformer -> VQ decoder fine-tune -> the package's assets. Every stage resumes where it stopped;
+# run it again after a cut.
 # Usage: bash scripts/train_default_model.sh   (after bash scripts/setup.sh train)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,4 +23,7 @@ fi
     --output "$runs/tokens"
 [ -f "$runs/transformer/export/model_index.json" ] || \
   "$meissonic" train --config configs/default_model/transformer.yaml $(resume "$runs/transformer")
-"$python" scripts/package_default_model.py "$runs/transformer/export"
+[ -f "$runs/vq_decoder/export/vqvae/config.json" ] || \
+  "$meissonic" train-vq --config configs/default_model/vq_decoder.yaml $(resume "$runs/vq_decoder")
+"$python" scripts/package_default_model.py "$runs/transformer/export" --vqvae "$runs/vq_decoder/export/vqvae" \
+  --steps 16 --guidance-scale 4.0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from test_train_helpers import write_config, write_imagefolder
 
@@ -71,3 +72,30 @@ def test_dead_codes_are_restarted(tmp_path):
     assert trainer.restart_dead_codes(latents) == before.shape[0] - 4
     after = trainer.vqvae.quantize.embedding.weight.detach()
     assert torch.equal(after[:4], before[:4]) and not torch.equal(after[4:], before[4:])
+
+
+def test_decoder_only_keeps_the_tokens(tmp_path):
+    """Fine-tuning only the decoder changes reconstructions but not a single token id of the VQ it starts from."""
+    data = write_imagefolder(tmp_path / "data", count=12, size=32)
+    first = vq_config(tmp_path, data, max_steps=4, eval_every=0)
+    assert main(["train-vq", "--config", str(write_config(tmp_path / "a.yaml", first))]) == 0
+    start = str(tmp_path / "vq" / "export" / "vqvae")
+    second = vq_config(tmp_path, data, run_dir=str(tmp_path / "dec"), vqvae=start, decoder_only=True,
+                       max_steps=6, eval_every=0, loss={"discriminator": 0.0})
+    assert main(["train-vq", "--config", str(write_config(tmp_path / "b.yaml", second))]) == 0
+
+    from diffusers import VQModel
+
+    before, after = VQModel.from_pretrained(start), VQModel.from_pretrained(str(tmp_path / "dec" / "export" / "vqvae"))
+    old, new = before.state_dict(), after.state_dict()
+    frozen = [k for k in old if not k.startswith(("decoder.", "post_quant_conv."))]
+    assert frozen and all(torch.equal(old[k], new[k]) for k in frozen)
+    assert any(not torch.equal(old[k], new[k]) for k in old if k.startswith("decoder."))
+
+
+def test_decoder_only_needs_a_vq_folder(tmp_path):
+    data = write_imagefolder(tmp_path / "data", count=8, size=32)
+    config = load_config(write_config(tmp_path / "vq.yaml", vq_config(tmp_path, data, decoder_only=True)),
+                         VQTrainConfig)
+    with pytest.raises(ValueError, match="decoder_only"):
+        VQTrainer(config)

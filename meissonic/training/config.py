@@ -158,6 +158,9 @@ class VQTrainConfig:
     loss: VQLossConfig = field(default_factory=VQLossConfig)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, weight_decay=0.0, grad_clip=1.0))
     dead_code_every: int = 100  # restart codes unused for this many steps (0: never)
+    # Fine-tune only post_quant_conv + decoder of an existing VQ: encoder and codebook stay fixed, so the token
+    # ids of a transformer trained on that VQ stay valid (no dead-code restarts in this mode).
+    decoder_only: bool = False
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
 

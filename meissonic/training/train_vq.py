@@ -147,6 +147,12 @@ class VQTrainer:
         self.train_set, self.val_set = self._open_data()
         vqvae.train()
         vqvae.requires_grad_(True)
+        if config.decoder_only:
+            if not isinstance(config.vqvae, str):
+                raise ValueError("decoder_only fine-tunes an existing VQ: set 'vqvae' to its folder")
+            vqvae.requires_grad_(False)
+            for part in (vqvae.post_quant_conv, vqvae.decoder):
+                part.requires_grad_(True)
         autoencoder = Autoencoder(vqvae)
         self.codes = vqvae.config.num_vq_embeddings
         optimizer = build_optimizer(decay_groups(vqvae, config.optim.weight_decay), config.optim)
@@ -369,7 +375,7 @@ class VQTrainer:
                 if self.discriminator is not None and self.step >= cfg.loss.discriminator_start:
                     parts["discriminator"] = self._discriminator_step(pixels, recon)
                 self.step += 1
-                if cfg.dead_code_every and self.step % cfg.dead_code_every == 0:
+                if cfg.dead_code_every and not cfg.decoder_only and self.step % cfg.dead_code_every == 0:
                     parts["restarted_codes"] = float(self.restart_dead_codes(latents))
                 rate = self.step and cfg.batch_size * self.world * cfg.grad_accum / max(
                     time.perf_counter() - start, 1e-9
