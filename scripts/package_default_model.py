@@ -40,6 +40,7 @@ def main() -> None:
         default_guidance_scale=args.guidance_scale,
         **components,
     )
+    pipe.tokenizer.model_max_length = pipe.text_encoder.config.max_position_embeddings
     staging = TARGET.with_name(".staging-default_model")
     shutil.rmtree(staging, ignore_errors=True)
     pipe.save_pretrained(staging)
