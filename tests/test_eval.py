@@ -210,6 +210,7 @@ class _FakePipeline:
 
     def __init__(self, scenes):
         self.scenes = scenes
+        self.config = types.SimpleNamespace(default_steps=16, default_guidance_scale=4.0, default_resolution=256)
 
     @classmethod
     def from_pretrained(cls, folder, torch_dtype=None):

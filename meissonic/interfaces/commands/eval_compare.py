@@ -31,9 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--b-label", help="name of B in the printed table (default: its settings)")
     parser.add_argument("--num-prompts", type=int, default=200, help="held-out world prompts (default 200)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the prompt list and of the images")
-    parser.add_argument("--steps", type=int, default=16, help="sampling steps")
-    parser.add_argument("--guidance-scale", type=float, default=4.0)
-    parser.add_argument("--size", type=int, default=256, help="image height and width")
+    parser.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
+    parser.add_argument("--guidance-scale", type=float, help="guidance scale (default: the model's)")
+    parser.add_argument("--size", type=int, help="image height and width (default: the model's)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16")
     parser.add_argument("--quantize", choices=["int8", "fp8"], help="quantize the transformer for both settings")
@@ -131,6 +131,10 @@ def run(args: argparse.Namespace) -> int:
     pipe.set_progress_bar_config(disable=True)
     if args.quantize:
         pipe.quantize(args.quantize)
+    config = pipe.config
+    args.steps = args.steps or config.default_steps
+    args.guidance_scale = config.default_guidance_scale if args.guidance_scale is None else args.guidance_scale
+    args.size = args.size or config.default_resolution
     pipe(tasks[0].text, height=args.size, width=args.size, num_inference_steps=1, output_type="tokens")  # warm-up
 
     result: dict = {"model": str(args.model), "num_prompts": len(tasks), "seed": args.seed, "steps": args.steps,

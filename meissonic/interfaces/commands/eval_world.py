@@ -26,11 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--num-prompts", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0, help="seed of the prompt list and of generation")
-    parser.add_argument("--steps", type=int, default=16, help="sampling steps")
-    parser.add_argument("--guidance-scale", type=float, default=4.0)
-    parser.add_argument("--size", type=int, default=256, help="image height and width")
+    parser.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
+    parser.add_argument("--guidance-scale", type=float, help="guidance scale (default: the model's)")
+    parser.add_argument("--size", type=int, help="image height and width (default: the model's)")
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16")
     parser.add_argument("--out", default="world_results.json", help="results JSON path")
     parser.add_argument("--save-images", help="folder to save the generated images and their tasks into")
     parser.add_argument(
@@ -100,6 +100,10 @@ def run(args: argparse.Namespace) -> int:
         make = heldout_tasks if args.split == "heldout" else training_tasks
         tasks = make(args.num_prompts, args.seed)
         pipe = MeissonicPipeline.from_pretrained(args.model, torch_dtype=getattr(torch, args.dtype))
+        config = pipe.config
+        args.steps = args.steps or config.default_steps
+        args.guidance_scale = config.default_guidance_scale if args.guidance_scale is None else args.guidance_scale
+        args.size = args.size or config.default_resolution
         images = _generate(pipe, tasks, args)
         if args.save_images:
             _save(Path(args.save_images), tasks, images)
