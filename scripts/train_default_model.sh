@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # Train the embedded default model from nothing on this machine (CPU): world renders -> VQ tokenizer -> token
-# shards -> transformer -> VQ decoder fine-tune -> the package's assets. Every stage resumes where it stopped;
-# run it again after a cut.
+# shards -> transformer -> the package's assets. Every stage resumes where it stopped; run it again after a cut.
 # Usage: bash scripts/train_default_model.sh   (after bash scripts/setup.sh train)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,11 +18,8 @@ fi
 [ -f "$runs/vq/export/vqvae/config.json" ] || \
   "$meissonic" train-vq --config configs/default_model/vq.yaml $(resume "$runs/vq")
 [ -d "$runs/tokens" ] || \
-  "$meissonic" preencode --config configs/default_model/transformer.yaml --input data/world_train --limit 12000 \
+  "$meissonic" preencode --config configs/default_model/transformer.yaml --input data/world_train --limit 14000 \
     --output "$runs/tokens"
 [ -f "$runs/transformer/export/model_index.json" ] || \
   "$meissonic" train --config configs/default_model/transformer.yaml $(resume "$runs/transformer")
-[ -f "$runs/vq_decoder/export/vqvae/config.json" ] || \
-  "$meissonic" train-vq --config configs/default_model/vq_decoder.yaml $(resume "$runs/vq_decoder")
-"$python" scripts/package_default_model.py "$runs/transformer/export" --vqvae "$runs/vq_decoder/export/vqvae" \
-  --steps 16 --guidance-scale 4.0
+"$python" scripts/package_default_model.py "$runs/transformer/export" --steps 16 --guidance-scale 4.0

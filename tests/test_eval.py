@@ -135,6 +135,21 @@ def test_reconstruction_psnr_with_callable_and_tiny_vq():
     assert np.isfinite(out["psnr"]) and out["psnr"] > 0 and -1 <= out["ssim"] <= 1
 
 
+def test_vq_ceiling_reconstructions_are_scored_like_generations():
+    """The reconstructions handed back are the VQ's output as images: an identity VQ keeps the detector's perfect
+    score on renders, a VQ that greys everything out loses every object."""
+    pytest.importorskip("torch")
+    tasks = heldout_tasks(6, seed=2)
+    images = [render(t.scene, 128) for t in tasks]
+    kept: list = []
+    reconstruction_psnr(lambda x: x, images, reconstructions=kept)
+    assert [np.asarray(k).tolist() for k in kept] == [np.asarray(im).tolist() for im in images]
+    assert score(kept, tasks)["overall"] == 1.0
+    greyed: list = []
+    reconstruction_psnr(lambda x: x * 0 + 0.5, images, reconstructions=greyed)
+    assert score(greyed, tasks)["categories"]["kind"] == 0.0
+
+
 def build_tiny_clip(folder):
     """A random CLIP (2 layers, width 32) with a byte-level tokenizer, saved as safetensors."""
     import torch
@@ -211,6 +226,9 @@ class _FakePipeline:
     def __init__(self, scenes):
         self.scenes = scenes
         self.config = types.SimpleNamespace(default_steps=16, default_guidance_scale=4.0, default_resolution=256)
+
+    def set_progress_bar_config(self, **kwargs):
+        pass
 
     @classmethod
     def from_pretrained(cls, folder, torch_dtype=None):

@@ -82,9 +82,13 @@ def vq_reconstruct(vq: Any, pixels: Any) -> Any:
 
 
 def reconstruction_psnr(
-    vq: Any | Callable[[Any], Any], images: Sequence[Image.Image], batch_size: int = 4
+    vq: Any | Callable[[Any], Any],
+    images: Sequence[Image.Image],
+    batch_size: int = 4,
+    reconstructions: list[Image.Image] | None = None,
 ) -> dict[str, float]:
-    """Mean PSNR and SSIM of VQ reconstructions of `images` (pixels in [0, 1], float32, no normalisation)."""
+    """Mean PSNR and SSIM of VQ reconstructions of `images` (pixels in [0, 1], float32, no normalisation).
+    The reconstructed images are appended to `reconstructions` when a list is given."""
     import torch
 
     psnrs, ssims = [], []
@@ -98,4 +102,6 @@ def reconstruction_psnr(
         for original, recon in zip(batch, out, strict=True):
             psnrs.append(psnr(original, recon))
             ssims.append(ssim(original, recon))
+            if reconstructions is not None:
+                reconstructions.append(Image.fromarray(np.round(np.clip(recon, 0, 1) * 255).astype(np.uint8)))
     return {"psnr": float(np.mean(psnrs)), "ssim": float(np.mean(ssims)), "num_images": len(psnrs)}
