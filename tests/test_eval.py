@@ -133,6 +133,8 @@ def test_reconstruction_psnr_with_callable_and_tiny_vq():
     ).eval()
     out = reconstruction_psnr(vq, images)
     assert np.isfinite(out["psnr"]) and out["psnr"] > 0 and -1 <= out["ssim"] <= 1
+    in_bf16 = reconstruction_psnr(vq.to(torch.bfloat16), images)  # a bf16 pipeline's VQ (eval world's default)
+    assert abs(in_bf16["psnr"] - out["psnr"]) < 1.0
 
 
 def test_vq_ceiling_reconstructions_are_scored_like_generations():

@@ -94,9 +94,10 @@ def reconstruction_psnr(
     psnrs, ssims = [], []
     param = next(iter(vq.parameters()), None) if hasattr(vq, "parameters") else None
     device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None else torch.float32
     for start in range(0, len(images), batch_size):
         batch = [to_float_image(im) for im in images[start : start + batch_size]]
-        pixels = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).float().to(device)
+        pixels = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).to(device, dtype)
         with torch.no_grad():
             out = vq_reconstruct(vq, pixels).float().cpu().permute(0, 2, 3, 1).numpy()
         for original, recon in zip(batch, out, strict=True):
