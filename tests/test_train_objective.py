@@ -127,3 +127,34 @@ def test_stage3_chaining_adds_only_compression_layers(assets, tmp_path):
     broken = {k: v for k, v in old.items() if not k.startswith("mlm_layer.")}
     with pytest.raises(ValueError, match="not compression layers"):
         load_chained(trainer3.transformer, broken)
+
+
+def test_jointly_trained_text_encoder_is_averaged_with_the_transformer(assets, tmp_path):
+    """With EMA on and the text encoder training, the export pairs the EMA transformer with the EMA text encoder
+    (the average of its weights after each step), and a checkpoint carries that average for resuming."""
+    root, data, vq = assets
+    decay = 0.5
+    config = tiny_train_config(
+        tmp_path, data, vq,
+        **{"max_steps": 3, "objective.train_text_encoder": True, "ema.enabled": True, "ema.decay": decay,
+           "checkpoint.every": 3},
+    )
+    trainer = Trainer(load_config(write_config(tmp_path / "c.yaml", config)))
+    live = trainer.accelerator.unwrap_model(trainer.text_encoder)
+    expected = {n: p.detach().float().clone() for n, p in live.named_parameters()}
+
+    def average(step):
+        for name, param in live.named_parameters():
+            expected[name].lerp_(param.detach().float(), 1 - decay)
+
+    trainer.on_step_end = average
+    trainer.run(export=False)
+    _, exported = trainer.export_models()
+    exported_params = dict(exported.named_parameters())
+    for name, value in expected.items():
+        torch.testing.assert_close(exported_params[name].float(), value, atol=1e-6, rtol=0)
+    assert any(not torch.equal(exported_params[n], p) for n, p in live.named_parameters())
+    resumed = Trainer(load_config(write_config(tmp_path / "c.yaml", config)), resume=True)
+    _, again = resumed.export_models()
+    for name, param in again.named_parameters():
+        torch.testing.assert_close(param.float(), expected[name], atol=1e-6, rtol=0)

@@ -13,6 +13,7 @@ import contextlib
 import copy
 import math
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -150,6 +151,10 @@ class Trainer:
         self.transformer = acc.unwrap_model(self.model)
         self.lr_scheduler = build_lr_scheduler(self.optimizer, config.optim, config.max_steps)
         self.ema = EMA(self.transformer, config.ema.decay) if config.ema.enabled else None
+        # A jointly trained text encoder is averaged too: EMA transformer weights expect EMA text features.
+        self.text_ema = (
+            EMA(acc.unwrap_model(self.text_encoder), config.ema.decay) if config.ema.enabled and train_te else None
+        )
         self.trainable = [p for g in groups for p in g["params"]]
         self._empty = self._empty_prompt()
 
@@ -351,6 +356,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None and self.step >= cfg.ema.start_step:
             self.ema.update(self.transformer)
+            if self.text_ema is not None:
+                self.text_ema.update(acc.unwrap_model(self.text_encoder))
         self.step += 1
         totals = acc.reduce(torch.stack([loss_sum, torch.tensor(float(skipped), device=self.device)]), "sum")
         self.skipped += int(totals[1].item())
@@ -380,6 +387,8 @@ class Trainer:
                 ckpt.save_tensors(te.state_dict(), folder / "text_encoder.safetensors")
             if self.ema is not None:
                 ckpt.save_tensors(self.ema.state_dict(), folder / "ema.safetensors")
+            if self.text_ema is not None:
+                ckpt.save_tensors(self.text_ema.state_dict(), folder / "text_encoder_ema.safetensors")
             ckpt.save_object(self.optimizer.state_dict(), folder / "optimizer.pt")
             ckpt.save_object(self.lr_scheduler.state_dict(), folder / "lr_scheduler.pt")
             tensors, values = ckpt.rng_state()
@@ -412,6 +421,13 @@ class Trainer:
             te.load_state_dict(ckpt.load_tensors(folder / "text_encoder.safetensors"), strict=True)
         if self.ema is not None:
             self.ema.load_state_dict(ckpt.load_tensors(folder / "ema.safetensors"))
+        if self.text_ema is not None:
+            text_ema = folder / "text_encoder_ema.safetensors"
+            if text_ema.is_file():
+                self.text_ema.load_state_dict(ckpt.load_tensors(text_ema))
+            else:  # written before the text encoder had an EMA: start it from the restored weights
+                warnings.warn(f"{folder} has no text encoder EMA; starting it from the current weights", stacklevel=2)
+                self.text_ema = EMA(self.accelerator.unwrap_model(self.text_encoder), self.config.ema.decay)
         self.optimizer.load_state_dict(ckpt.load_object(folder / "optimizer.pt"))
         self.lr_scheduler.load_state_dict(ckpt.load_object(folder / "lr_scheduler.pt"))
         ckpt.set_rng_state(ckpt.load_tensors(folder / "rng.safetensors"), state["rng"])
@@ -428,8 +444,11 @@ class Trainer:
             self.ema.copy_to(source)
         transformer = merged_copy(source)
         transformer.eval()
-        text_encoder = self.accelerator.unwrap_model(self.text_encoder).eval()
-        return transformer, text_encoder
+        text_encoder = self.accelerator.unwrap_model(self.text_encoder)
+        if self.text_ema is not None:
+            text_encoder = copy.deepcopy(text_encoder)
+            self.text_ema.copy_to(text_encoder)
+        return transformer, text_encoder.eval()
 
     def export(self, folder: str | Path | None = None) -> Path:
         folder = Path(folder) if folder else self.run_dir / "export"
