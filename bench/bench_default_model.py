@@ -61,8 +61,7 @@ def main() -> None:
     pipe.set_progress_bar_config(disable=True)
     load_s = time.perf_counter() - start
     config = pipe.config
-    steps = args.steps or config.default_steps
-    guidance = config.default_guidance_scale if args.guidance_scale is None else args.guidance_scale
+    steps, guidance = pipe.sampling_defaults(args.steps, args.guidance_scale)
     results: dict = {
         "torch_threads": torch.get_num_threads(),
         "steps": steps,

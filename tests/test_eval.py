@@ -232,6 +232,9 @@ class _FakePipeline:
     def set_progress_bar_config(self, **kwargs):
         pass
 
+    def sampling_defaults(self, num_inference_steps, guidance_scale):
+        return num_inference_steps or 16, 4.0 if guidance_scale is None else guidance_scale
+
     @classmethod
     def from_pretrained(cls, folder, torch_dtype=None):
         tasks = heldout_tasks(8, seed=5)

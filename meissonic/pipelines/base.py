@@ -79,6 +79,13 @@ class MeissonicPipelineBase(DiffusionPipeline):
     def settings(self) -> dict:
         return {name: self.config[name] for name in PIPELINE_SETTINGS}
 
+    def sampling_defaults(self, num_inference_steps: int | None, guidance_scale: float | None) -> tuple[int, float]:
+        """Text-to-image steps and guidance, None replaced by this checkpoint's `default_steps` /
+        `default_guidance_scale` (other values, invalid ones included, are kept for the checks)."""
+        steps = self.config.default_steps if num_inference_steps is None else num_inference_steps
+        guidance = self.config.default_guidance_scale if guidance_scale is None else guidance_scale
+        return steps, guidance
+
     @classmethod
     def from_pretrained(
         cls, folder: str | Path, torch_dtype: torch.dtype | None = None, variant: str | None = None, **kwargs

@@ -44,10 +44,7 @@ class MeissonicPipeline(MeissonicPipelineBase):
         output_type: "pil", "np", "pt" or "tokens" (the VQ token grids). Steps and guidance default to the
         checkpoint's `default_steps` / `default_guidance_scale` (released: 48 and 9).
         """
-        if num_inference_steps is None:
-            num_inference_steps = self.config.default_steps
-        if guidance_scale is None:
-            guidance_scale = self.config.default_guidance_scale
+        num_inference_steps, guidance_scale = self.sampling_defaults(num_inference_steps, guidance_scale)
         height = self.config.default_resolution if height is None else height
         width = self.config.default_resolution if width is None else width
         self.check_size(height, width)

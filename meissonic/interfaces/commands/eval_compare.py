@@ -131,10 +131,8 @@ def run(args: argparse.Namespace) -> int:
     pipe.set_progress_bar_config(disable=True)
     if args.quantize:
         pipe.quantize(args.quantize)
-    config = pipe.config
-    args.steps = args.steps or config.default_steps
-    args.guidance_scale = config.default_guidance_scale if args.guidance_scale is None else args.guidance_scale
-    args.size = args.size or config.default_resolution
+    args.steps, args.guidance_scale = pipe.sampling_defaults(args.steps, args.guidance_scale)
+    args.size = pipe.config.default_resolution if args.size is None else args.size
     pipe(tasks[0].text, height=args.size, width=args.size, num_inference_steps=1, output_type="tokens")  # warm-up
 
     result: dict = {"model": str(args.model), "num_prompts": len(tasks), "seed": args.seed, "steps": args.steps,

@@ -100,10 +100,8 @@ def run(args: argparse.Namespace) -> int:
         make = heldout_tasks if args.split == "heldout" else training_tasks
         tasks = make(args.num_prompts, args.seed)
         pipe = MeissonicPipeline.from_pretrained(args.model, torch_dtype=getattr(torch, args.dtype))
-        config = pipe.config
-        args.steps = args.steps or config.default_steps
-        args.guidance_scale = config.default_guidance_scale if args.guidance_scale is None else args.guidance_scale
-        args.size = args.size or config.default_resolution
+        args.steps, args.guidance_scale = pipe.sampling_defaults(args.steps, args.guidance_scale)
+        args.size = pipe.config.default_resolution if args.size is None else args.size
         pipe.set_progress_bar_config(disable=True)
         images = _generate(pipe, tasks, args)
         if args.save_images:
