@@ -26,20 +26,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--guidance-scale", type=float, default=4.0)
     args = parser.parse_args()
-    components = {}
+    pipe = MeissonicPipeline.from_pretrained(
+        args.export, torch_dtype=torch.bfloat16, default_steps=args.steps, default_guidance_scale=args.guidance_scale
+    )
     if args.vqvae:
         vqvae = VQModel.from_pretrained(args.vqvae, torch_dtype=torch.bfloat16)
-        original = VQModel.from_pretrained(args.export, subfolder="vqvae", torch_dtype=torch.bfloat16)
-        if not torch.equal(vqvae.quantize.embedding.weight, original.quantize.embedding.weight):
+        if not torch.equal(vqvae.quantize.embedding.weight, pipe.vqvae.quantize.embedding.weight):
             raise SystemExit(f"{args.vqvae} has another codebook than the VQ the transformer was trained on")
-        components["vqvae"] = vqvae
-    pipe = MeissonicPipeline.from_pretrained(
-        args.export,
-        torch_dtype=torch.bfloat16,
-        default_steps=args.steps,
-        default_guidance_scale=args.guidance_scale,
-        **components,
-    )
+        pipe.register_modules(vqvae=vqvae)
     pipe.tokenizer.model_max_length = pipe.text_encoder.config.max_position_embeddings
     staging = TARGET.with_name(".staging-default_model")
     shutil.rmtree(staging, ignore_errors=True)
