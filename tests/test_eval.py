@@ -233,7 +233,8 @@ class _FakePipeline:
         pass
 
     def sampling_defaults(self, num_inference_steps, guidance_scale):
-        return num_inference_steps or 16, 4.0 if guidance_scale is None else guidance_scale
+        steps = 16 if num_inference_steps is None else num_inference_steps
+        return steps, 4.0 if guidance_scale is None else guidance_scale
 
     @classmethod
     def from_pretrained(cls, folder, torch_dtype=None):
