@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from safetensors.torch import load_file
 from test_train_helpers import tiny_train_config, write_config, write_imagefolder, write_tiny_vq
 
 from meissonic.training import checkpoint as ckpt
+from meissonic.training.tiny import write_tiny_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = """
@@ -82,7 +84,7 @@ def test_two_processes_match_one_process(tmp_path):
             text=True,
             timeout=240,
         )
-        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.returncode == 0, done.stderr[-20000:]
         results[world] = json.loads((folder / "out.json").read_text())
     assert results[2]["world"] == 2 and results[1]["world"] == 1
     assert results[2]["rank_spread"] == 0.0
@@ -93,3 +95,25 @@ def test_two_processes_match_one_process(tmp_path):
     b = load_file(str(ckpt.latest_checkpoint(tmp_path / "w2" / "run") / "model.safetensors"))
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-4, rtol=1e-3, msg=key)
+
+
+def test_ranks_rewriting_the_tokenizer_never_expose_a_partial_file(tmp_path):
+    """Every rank writes the tiny tokenizer into the shared run folder while the others may already be reading
+    it (the cause of a rank crashing at start-up in CI): a reader must always see a complete file."""
+    folder = write_tiny_tokenizer(tmp_path / "tokenizer")
+    expected = {name: (folder / name).read_text() for name in ("vocab.json", "merges.txt")}
+    stop = threading.Event()
+
+    def rewrite() -> None:
+        while not stop.is_set():
+            write_tiny_tokenizer(folder)
+
+    writer = threading.Thread(target=rewrite)
+    writer.start()
+    try:
+        torn = [name for _ in range(2000) for name in expected if (folder / name).read_text() != expected[name]]
+    finally:
+        stop.set()
+        writer.join()
+    assert not torn, f"{len(torn)} reads saw a partly written file, e.g. {torn[0]}"
+    assert sorted(p.name for p in folder.iterdir()) == ["merges.txt", "tokenizer_config.json", "vocab.json"]

@@ -4,7 +4,9 @@ model and a small transformer config. Used by tests, benchmarks and the CPU-size
 from __future__ import annotations
 
 import json
+import os
 import string
+import threading
 from pathlib import Path
 
 import torch
@@ -12,6 +14,14 @@ import torch
 # Characters of the tiny tokenizer: lower-case text (CLIP lower-cases), digits and common punctuation.
 _CHARS = string.ascii_lowercase + string.digits + ".,;:!?'\"-()/&+"
 _MERGES = ["t h", "th e</w>", "a n", "an d</w>", "o f</w>", "i n", "e r", "r e", "o n", "a t", "e d</w>"]
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` atomically: processes that share a run folder (one per rank) each write the
+    tokenizer while others may be reading it, so a reader must never see a half-written file."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    partial.write_text(text)
+    os.replace(partial, path)
 
 
 def write_tiny_tokenizer(folder: str | Path, model_max_length: int = 77) -> Path:
@@ -24,9 +34,10 @@ def write_tiny_tokenizer(folder: str | Path, model_max_length: int = 77) -> Path
         merged = merge.replace(" ", "")
         if merged not in tokens:
             tokens.append(merged)
-    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(_MERGES) + "\n")
-    (folder / "tokenizer_config.json").write_text(
+    _write_text(folder / "vocab.json", json.dumps({t: i for i, t in enumerate(tokens)}))
+    _write_text(folder / "merges.txt", "#version: 0.2\n" + "\n".join(_MERGES) + "\n")
+    _write_text(
+        folder / "tokenizer_config.json",
         json.dumps(
             {
                 "model_max_length": model_max_length,
