@@ -12,14 +12,14 @@ runs=runs/default_model
 "$meissonic" world render --out data/world_train --num 30000 --seed 0          # resumable
 "$meissonic" world tokenizer --out "$runs/tokenizer"
 resume() { [ -d "$1" ] && ls "$1"/checkpoints/step-* >/dev/null 2>&1 && echo --resume || true; }
-if [ ! -f "$runs/vq/export/vqvae/config.json" ] && [ -f weights/world_vq/config.json ]; then
-  mkdir -p "$runs/vq/export" && cp -r weights/world_vq "$runs/vq/export/vqvae"   # the committed result of this stage
+if [ ! -f "$runs/vq8/export/vqvae/config.json" ] && [ -f weights/world_vq8/config.json ]; then
+  mkdir -p "$runs/vq8/export" && cp -r weights/world_vq8 "$runs/vq8/export/vqvae"   # the committed result of this stage
 fi
-[ -f "$runs/vq/export/vqvae/config.json" ] || \
-  "$meissonic" train-vq --config configs/default_model/vq.yaml $(resume "$runs/vq")
-[ -d "$runs/tokens" ] || \
-  "$meissonic" preencode --config configs/default_model/transformer.yaml --input data/world_train --limit 14000 \
-    --output "$runs/tokens"
-[ -f "$runs/transformer/export/model_index.json" ] || \
-  "$meissonic" train --config configs/default_model/transformer.yaml $(resume "$runs/transformer")
-"$python" scripts/package_default_model.py "$runs/transformer/export" --steps 16 --guidance-scale 4.0
+[ -f "$runs/vq8/export/vqvae/config.json" ] || \
+  "$meissonic" train-vq --config configs/default_model/vq8.yaml $(resume "$runs/vq8")
+[ -f "$runs/tokens8/preencoded.json" ] || \
+  "$meissonic" preencode --config configs/default_model/transformer8.yaml --input data/world_train --limit 20000 \
+    --output "$runs/tokens8"
+[ -f "$runs/transformer8/export/model_index.json" ] || \
+  "$meissonic" train --config configs/default_model/transformer8.yaml $(resume "$runs/transformer8")
+"$python" scripts/package_default_model.py "$runs/transformer8/export" --steps 16 --guidance-scale 4.0
