@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Train the embedded default model from nothing on this machine (CPU): world renders -> VQ tokenizer -> token
-# shards -> transformer -> the package's assets. Every stage resumes where it stopped; run it again after a cut.
+# shards -> transformer -> the package's assets. Finished stages are skipped and the training stages resume from
+# their last checkpoint (cut token shards are written again), so run it again after a cut.
 # Usage: bash scripts/train_default_model.sh   (after bash scripts/setup.sh train)
 set -euo pipefail
 cd "$(dirname "$0")/.."
