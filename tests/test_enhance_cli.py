@@ -88,19 +88,34 @@ def test_paired_statistics():
 def test_eval_compare_on_the_tiny_model(model, tmp_path, capsys, eval_dispatcher):
     out = tmp_path / "cmp.json"
     code = cli.main(["eval", "compare", "--model", model, "--a", "vanilla", "--b", "noise_reg=2,order=halton",
-                     "--num-prompts", "6", "--steps", "2", "--size", "32", "--batch-size", "4", "--dtype", "float32",
-                     "--bootstrap", "200", "--out", str(out), "--save-images", str(tmp_path / "imgs"),
-                     "--side-by-side", "3"])
+                     "vanilla", "--num-prompts", "6", "--steps", "2", "--size", "32", "--batch-size", "4",
+                     "--dtype", "float32", "--bootstrap", "200", "--out", str(out), "--save-images",
+                     str(tmp_path / "imgs"), "--side-by-side", "3"])
     assert code == 0
     result = json.loads(out.read_text())
     assert result["a"]["sampler"] == SamplerOptions().to_dict()
-    assert result["b"]["sampler"]["order"] == "halton" and result["paired"]["n"] == 6
+    first, second = result["comparisons"]
+    assert first["b"]["sampler"]["order"] == "halton" and first["paired"]["n"] == 6
     assert set(result["a"]["scores"]) == {"overall", "categories", "task_types"}
-    assert result["a"]["seconds_per_image"] > 0 and len(result["per_task"]) == 6
-    assert PIL.Image.open(tmp_path / "imgs" / "side_by_side.png").size == (3 * 32, 2 * 32)
-    assert len(list((tmp_path / "imgs" / "b").glob("*.png"))) == 6
+    assert result["a"]["seconds_per_image"] > 0 and len(first["per_task"]) == 6
+    # B identical to A (same prompts, same seeds, no state kept between calls): every task is a tie.
+    assert [t["a"] for t in second["per_task"]] == [t["b"] for t in second["per_task"]]
+    assert second["paired"]["ties"] == 6 and second["paired"]["win_rate"] == 0.5
+    for i in range(6):
+        assert np.array_equal(np.asarray(PIL.Image.open(tmp_path / "imgs" / "a" / f"{i:05d}.png")),
+                              np.asarray(PIL.Image.open(tmp_path / "imgs" / "b2" / f"{i:05d}.png")))
+    assert PIL.Image.open(tmp_path / "imgs" / "side_by_side.png").size == (3 * 32, 3 * 32)
+    assert len(list((tmp_path / "imgs" / "b1").glob("*.png"))) == 6
     printed = capsys.readouterr().out
     assert "win rate" in printed and printed.count("| noise_reg=2.0,order=halton |") == 1
+    assert printed.count("| vanilla (A) |") == 1 and printed.count("| vanilla |") == 1
+
+
+def test_eval_compare_rejects_mismatched_labels(model, tmp_path, capsys, eval_dispatcher):
+    code = cli.main(["eval", "compare", "--model", model, "--b", "differential=true", "--b-label", "x", "y",
+                     "--out", str(tmp_path / "cmp.json")])
+    assert code != 0 and "--b-label gives 2 names for 1 --b settings" in capsys.readouterr().err
+    assert not (tmp_path / "cmp.json").exists()
 
 
 def test_eval_world_still_routes(model, tmp_path, eval_dispatcher):

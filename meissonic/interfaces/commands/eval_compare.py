@@ -1,12 +1,13 @@
-"""`meissonic eval compare`: paired comparison of two sampler settings on the world benchmark.
+"""`meissonic eval compare`: paired comparison of sampler settings on the world benchmark.
 
-Both settings generate the same held-out prompts with the same per-image seeds (image i: seed + i), so every
-difference comes from the sampler. Reported: per-category scores of each, the win rate of B over A (a task is a
-win when B is correct and A is not, a loss in the reverse case, ties count half) with a paired bootstrap 95%
-interval, and seconds per image. Under `accelerate launch` the prompts are split across the processes.
+A baseline A and one or more settings B generate the same held-out prompts with the same per-image seeds (image i:
+seed + i), so every difference comes from the sampler; A is generated once for all of them. Reported for each B:
+per-category scores, the win rate of B over A (a task is a win when B is correct and A is not, a loss in the reverse
+case, ties count half) with a paired bootstrap 95% interval, and seconds per image; printed as a markdown table.
+Under `accelerate launch` the prompts are split across the processes.
 
 meissonic eval compare --model FOLDER --a vanilla --b published --num-prompts 200 --out compare.json
-meissonic eval compare --model FOLDER --a vanilla --b "noise_reg=2" --b-label noise-reg --save-images cmp/
+meissonic eval compare --model FOLDER --b "noise_reg=2" differential=true published --save-images cmp/
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="Meissonic checkpoint folder")
     parser.add_argument("--a", default="vanilla", metavar="SPEC",
                         help='baseline sampler: "vanilla", "published", "key=value,..." or a JSON file')
-    parser.add_argument("--b", required=True, metavar="SPEC", help="sampler compared against A (same forms)")
+    parser.add_argument("--b", required=True, nargs="+", metavar="SPEC",
+                        help="one or more samplers, each compared against A (same forms)")
     parser.add_argument("--a-label", help="name of A in the printed table (default: its settings)")
-    parser.add_argument("--b-label", help="name of B in the printed table (default: its settings)")
+    parser.add_argument("--b-label", nargs="+", metavar="LABEL",
+                        help="names of the B settings in the printed table, one per --b (default: their settings)")
     parser.add_argument("--num-prompts", type=int, default=200, help="held-out world prompts (default 200)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the prompt list and of the images")
     parser.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
@@ -39,8 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quantize", choices=["int8", "fp8"], help="quantize the transformer for both settings")
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the interval")
     parser.add_argument("--out", default="compare_results.json", help="results JSON path")
-    parser.add_argument("--save-images", metavar="DIR", help="save A/B images and a side-by-side strip here")
-    parser.add_argument("--side-by-side", type=int, default=6, help="tasks in the side-by-side strip (default 6)")
+    parser.add_argument("--save-images", metavar="DIR",
+                        help="save the images (DIR/a, DIR/b1, DIR/b2, ...) and a side-by-side grid here")
+    parser.add_argument("--side-by-side", type=int, default=6, help="tasks in the side-by-side grid (default 6)")
 
 
 # ----- statistics -------------------------------------------------------------------------------------------------
@@ -88,25 +92,27 @@ def generate(pipe, tasks: list, indices: list[int], options, args) -> tuple[dict
     return images, time.perf_counter() - start
 
 
-def side_by_side(pairs: list[tuple[object, object]]):
-    """One image: A on the top row, B below, one column per task."""
+def side_by_side(rows: list[list[object]]):
+    """One image: one row per setting (A first), one column per task."""
     from PIL import Image
 
-    width, height = pairs[0][0].size
-    strip = Image.new("RGB", (width * len(pairs), height * 2), "white")
-    for column, (a, b) in enumerate(pairs):
-        strip.paste(a, (column * width, 0))
-        strip.paste(b, (column * width, height))
-    return strip
+    width, height = rows[0][0].size
+    grid = Image.new("RGB", (width * len(rows[0]), height * len(rows)), "white")
+    for row, images in enumerate(rows):
+        for column, image in enumerate(images):
+            grid.paste(image, (column * width, row * height))
+    return grid
 
 
-def markdown_row(label: str, result: dict) -> str:
-    """| setting | overall | kind | colour | count | position | background | win rate [95% CI] | s/image |"""
-    b, paired = result["b"], result["paired"]
-    cats = " | ".join(f"{b['scores']['categories'].get(c, float('nan')):.3f}" for c in CATEGORY_ORDER)
-    low, high = paired["ci95"]
-    return (f"| {label} | {b['scores']['overall']:.3f} | {cats} | {paired['win_rate']:.3f} [{low:.3f}, {high:.3f}] "
-            f"| {b['seconds_per_image']:.2f} |")
+TABLE_HEADER = ("| setting | overall | kind | colour | count | position | background | win rate vs A [95% CI] "
+                "| s/image |\n|---|---|---|---|---|---|---|---|---|")
+
+
+def markdown_row(label: str, setting: dict, paired: dict | None = None) -> str:
+    """One table row: the setting's scores, its win rate over A (none for A itself) and seconds per image."""
+    cats = " | ".join(f"{setting['scores']['categories'].get(c, float('nan')):.3f}" for c in CATEGORY_ORDER)
+    win = f"{paired['win_rate']:.3f} [{paired['ci95'][0]:.3f}, {paired['ci95'][1]:.3f}]" if paired else "-"
+    return f"| {label} | {setting['scores']['overall']:.3f} | {cats} | {win} | {setting['seconds_per_image']:.2f} |"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -123,8 +129,12 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"model folder not found: {args.model}")
     if args.num_prompts < 1 or args.batch_size < 1:
         raise ValueError("--num-prompts and --batch-size must be >= 1")
-    settings = {"a": SamplerOptions.parse(args.a), "b": SamplerOptions.parse(args.b)}
-    labels = {"a": args.a_label or settings["a"].describe(), "b": args.b_label or settings["b"].describe()}
+    if args.b_label and len(args.b_label) != len(args.b):
+        raise ValueError(f"--b-label gives {len(args.b_label)} names for {len(args.b)} --b settings")
+    keys = ["a"] + [f"b{k}" for k in range(1, len(args.b) + 1)]
+    settings = dict(zip(keys, [SamplerOptions.parse(spec) for spec in [args.a, *args.b]], strict=True))
+    labels = dict(zip(keys, [args.a_label, *(args.b_label or [None] * len(args.b))], strict=True))
+    labels = {key: label or settings[key].describe() for key, label in labels.items()}
     tasks = heldout_tasks(args.num_prompts, args.seed)
     state = PartialState()
     pipe = MeissonicPipeline.from_pretrained(args.model, torch_dtype=getattr(torch, args.dtype)).to(state.device)
@@ -140,46 +150,56 @@ def run(args: argparse.Namespace) -> int:
                     "quantize": args.quantize, "processes": state.num_processes}
     images: dict[str, dict[int, object]] = {}
     records: dict[str, list[dict]] = {}
+    summaries: dict[str, dict] = {}
     with state.split_between_processes(list(range(len(tasks)))) as mine:
-        for key in ("a", "b"):
+        for key in keys:
             images[key], seconds = generate(pipe, tasks, mine, settings[key], args)
             local = score([images[key][i] for i in mine], [tasks[i] for i in mine])["tasks"] if mine else []
             rows = gather_object([(i, r) for i, r in zip(mine, local, strict=True)])
             timings = gather_object([(seconds, len(mine))])
             records[key] = [r for _, r in sorted(rows, key=lambda row: row[0])]
             total_seconds, total_images = sum(t for t, _ in timings), sum(n for _, n in timings)
-            result[key] = {"label": labels[key], "sampler": settings[key].to_dict(),
-                           "scores": aggregate(records[key]),
-                           "seconds_per_image": total_seconds / max(total_images, 1)}
+            summaries[key] = {"label": labels[key], "sampler": settings[key].to_dict(),
+                              "scores": aggregate(records[key]),
+                              "seconds_per_image": total_seconds / max(total_images, 1)}
             print(f"[{state.process_index}] {key} ({labels[key]}): {len(mine)} images in {seconds:.1f} s", flush=True)
-        if args.save_images:
-            folder = Path(args.save_images)
-            for key in ("a", "b"):
-                (folder / key).mkdir(parents=True, exist_ok=True)
+            if args.save_images:
+                (Path(args.save_images) / key).mkdir(parents=True, exist_ok=True)
                 for i, image in images[key].items():
-                    image.save(folder / key / f"{i:05d}.png")
+                    image.save(Path(args.save_images) / key / f"{i:05d}.png")
     if not state.is_main_process:
         return 0
 
-    correct = {key: np.array([r["correct"] for r in records[key]]) for key in ("a", "b")}
-    result["paired"] = paired_win_rate(correct["a"], correct["b"], args.bootstrap, args.seed)
-    result["per_task"] = [{"text": t.text, "a": ra["correct"], "b": rb["correct"]}
-                          for t, ra, rb in zip(tasks, records["a"], records["b"], strict=True)]
+    correct = {key: np.array([r["correct"] for r in records[key]]) for key in keys}
+    result["a"] = summaries["a"]
+    result["comparisons"] = [
+        {"b": summaries[key], "paired": paired_win_rate(correct["a"], correct[key], args.bootstrap, args.seed),
+         "per_task": [{"text": t.text, "a": bool(a), "b": bool(b)}
+                      for t, a, b in zip(tasks, correct["a"], correct[key], strict=True)]}
+        for key in keys[1:]
+    ]
     if args.save_images and mine:
         folder, shown = Path(args.save_images), list(mine[: args.side_by_side])
-        side_by_side([(images["a"][i], images["b"][i]) for i in shown]).save(folder / "side_by_side.png")
-        (folder / "side_by_side.txt").write_text("\n".join(tasks[i].text for i in shown) + "\n")
+        side_by_side([[images[key][i] for i in shown] for key in keys]).save(folder / "side_by_side.png")
+        (folder / "side_by_side.txt").write_text(
+            "rows: " + " / ".join(labels[key] for key in keys) + "\ncolumns:\n"
+            + "\n".join(tasks[i].text for i in shown) + "\n")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
 
-    for key in ("a", "b"):
-        scores = result[key]["scores"]
-        cats = " ".join(f"{c}={v:.3f}" for c, v in scores["categories"].items())
-        print(f"{key.upper()} {labels[key]}: overall={scores['overall']:.3f} {cats} "
-              f"({result[key]['seconds_per_image']:.2f} s/image)")
-    paired = result["paired"]
-    print(f"B over A: win rate {paired['win_rate']:.3f} (95% CI {paired['ci95'][0]:.3f}-{paired['ci95'][1]:.3f}; "
-          f"{paired['wins']} wins, {paired['losses']} losses, {paired['ties']} ties of {paired['n']})")
-    print(markdown_row(labels["b"], result))
-    print(f"results written to {args.out}")
+    for key, summary in summaries.items():
+        cats = " ".join(f"{c}={v:.3f}" for c, v in summary["scores"]["categories"].items())
+        print(f"{key.upper()} {labels[key]}: overall={summary['scores']['overall']:.3f} {cats} "
+              f"({summary['seconds_per_image']:.2f} s/image)")
+    for key, comparison in zip(keys[1:], result["comparisons"], strict=True):
+        paired = comparison["paired"]
+        print(f"{key.upper()} over A: win rate {paired['win_rate']:.3f} (95% CI {paired['ci95'][0]:.3f}-"
+              f"{paired['ci95'][1]:.3f}; {paired['wins']} wins, {paired['losses']} losses, {paired['ties']} ties "
+              f"of {paired['n']})")
+    print()
+    print(TABLE_HEADER)
+    print(markdown_row(f"{labels['a']} (A)", summaries["a"]))
+    for comparison in result["comparisons"]:
+        print(markdown_row(comparison["b"]["label"], comparison["b"], comparison["paired"]))
+    print(f"\nresults written to {args.out}")
     return 0
