@@ -1,6 +1,6 @@
 """`meissonic eval world ...` and `meissonic eval compare ...`: route to the benchmark's own module.
 
-world: score one model on the world benchmark (`eval_world`); compare: paired comparison of two sampler
+world: score one model on the world benchmark (`eval_world`); compare: paired comparison of sampler
 settings on it (`eval_compare`).
 """
 
@@ -11,7 +11,7 @@ import importlib
 
 TARGETS = {
     "world": ("meissonic.interfaces.commands.eval_world", "score a model on the world benchmark"),
-    "compare": ("meissonic.interfaces.commands.eval_compare", "paired comparison of two sampler settings"),
+    "compare": ("meissonic.interfaces.commands.eval_compare", "paired comparison of sampler settings"),
 }
 
 
