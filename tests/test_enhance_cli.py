@@ -123,3 +123,15 @@ def test_eval_world_still_routes(model, tmp_path, eval_dispatcher):
     code = cli.main(["eval", "world", "--model", model, "--num-prompts", "2", "--steps", "1", "--size", "32",
                      "--vq-images", "0", "--out", str(out)])
     assert code == 0 and json.loads(out.read_text())["num_tasks"] == 2
+
+
+def test_eval_world_images_do_not_depend_on_the_batch_size(model, tmp_path, eval_dispatcher):
+    """Image i is seeded with seed + i, as in `eval compare`, whatever batch it falls in."""
+    for batch_size in ("1", "3"):
+        code = cli.main(["eval", "world", "--model", model, "--num-prompts", "3", "--steps", "2", "--size", "32",
+                         "--vq-images", "0", "--batch-size", batch_size, "--out", str(tmp_path / f"{batch_size}.json"),
+                         "--save-images", str(tmp_path / batch_size)])
+        assert code == 0
+    for i in range(3):
+        one, three = (np.asarray(PIL.Image.open(tmp_path / b / f"{i:05d}.png")) for b in ("1", "3"))
+        assert np.array_equal(one, three)

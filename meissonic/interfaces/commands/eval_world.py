@@ -57,7 +57,7 @@ def _generate(pipe, tasks, args) -> list[Image.Image]:
             width=args.size,
             num_inference_steps=args.steps,
             guidance_scale=args.guidance_scale,
-            generator=torch.Generator().manual_seed(args.seed + start),
+            generator=[torch.Generator().manual_seed(args.seed + i) for i in range(start, start + len(batch))],
             output_type="pil",
         )
         images.extend(out.images)
