@@ -95,6 +95,7 @@ def test_eval_compare_on_the_tiny_model(model, tmp_path, capsys, eval_dispatcher
     result = json.loads(out.read_text())
     assert result["a"]["sampler"] == SamplerOptions().to_dict()
     first, second = result["comparisons"]
+    assert result["complete"] is True
     assert first["b"]["sampler"]["order"] == "halton" and first["paired"]["n"] == 6
     assert set(result["a"]["scores"]) == {"overall", "categories", "task_types"}
     assert result["a"]["seconds_per_image"] > 0 and len(first["per_task"]) == 6
@@ -109,6 +110,27 @@ def test_eval_compare_on_the_tiny_model(model, tmp_path, capsys, eval_dispatcher
     printed = capsys.readouterr().out
     assert "win rate" in printed and printed.count("| noise_reg=2.0,order=halton |") == 1
     assert printed.count("| vanilla (A) |") == 1 and printed.count("| vanilla |") == 1
+
+
+def test_eval_compare_cut_midway_keeps_the_finished_settings(model, tmp_path, monkeypatch, eval_dispatcher):
+    from meissonic.interfaces.commands import eval_compare
+
+    calls, real = [], eval_compare.generate
+
+    def cut_at_the_third_setting(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(eval_compare, "generate", cut_at_the_third_setting)
+    out = tmp_path / "cmp.json"
+    code = cli.main(["eval", "compare", "--model", model, "--b", "differential=true", "order=halton",
+                     "--num-prompts", "2", "--steps", "2", "--size", "32", "--dtype", "float32", "--out", str(out)])
+    assert code != 0 and len(calls) == 3
+    result = json.loads(out.read_text())
+    assert result["complete"] is False and result["a"]["label"] == "vanilla"
+    assert [c["b"]["label"] for c in result["comparisons"]] == ["differential=True"]
 
 
 def test_eval_compare_rejects_mismatched_labels(model, tmp_path, capsys, eval_dispatcher):

@@ -151,6 +151,27 @@ def run(args: argparse.Namespace) -> int:
     images: dict[str, dict[int, object]] = {}
     records: dict[str, list[dict]] = {}
     summaries: dict[str, dict] = {}
+
+    def write_results(complete: bool) -> None:
+        """The JSON for every setting finished so far, replaced atomically, so a cut run keeps what it measured."""
+        correct = {key: np.array([r["correct"] for r in records[key]]) for key in summaries}
+        result["complete"] = complete
+        result["a"] = summaries["a"]
+        result["comparisons"] = [
+            {
+                "b": summaries[key],
+                "paired": paired_win_rate(correct["a"], correct[key], args.bootstrap, args.seed),
+                "per_task": [{"text": t.text, "a": bool(a), "b": bool(b)}
+                             for t, a, b in zip(tasks, correct["a"], correct[key], strict=True)],
+            }
+            for key in keys[1:] if key in summaries
+        ]
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        partial = out.with_name(f".{out.name}.partial")
+        partial.write_text(json.dumps(result, indent=2) + "\n")
+        partial.replace(out)
+
     with state.split_between_processes(list(range(len(tasks)))) as mine:
         for key in keys:
             images[key], seconds = generate(pipe, tasks, mine, settings[key], args)
@@ -167,25 +188,17 @@ def run(args: argparse.Namespace) -> int:
                 (Path(args.save_images) / key).mkdir(parents=True, exist_ok=True)
                 for i, image in images[key].items():
                     image.save(Path(args.save_images) / key / f"{i:05d}.png")
+            if state.is_main_process:
+                write_results(complete=key == keys[-1])
     if not state.is_main_process:
         return 0
 
-    correct = {key: np.array([r["correct"] for r in records[key]]) for key in keys}
-    result["a"] = summaries["a"]
-    result["comparisons"] = [
-        {"b": summaries[key], "paired": paired_win_rate(correct["a"], correct[key], args.bootstrap, args.seed),
-         "per_task": [{"text": t.text, "a": bool(a), "b": bool(b)}
-                      for t, a, b in zip(tasks, correct["a"], correct[key], strict=True)]}
-        for key in keys[1:]
-    ]
     if args.save_images and mine:
         folder, shown = Path(args.save_images), list(mine[: args.side_by_side])
         side_by_side([[images[key][i] for i in shown] for key in keys]).save(folder / "side_by_side.png")
         (folder / "side_by_side.txt").write_text(
             "rows: " + " / ".join(labels[key] for key in keys) + "\ncolumns:\n"
             + "\n".join(tasks[i].text for i in shown) + "\n")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
 
     for key, summary in summaries.items():
         cats = " ".join(f"{c}={v:.3f}" for c, v in summary["scores"]["categories"].items())
