@@ -152,20 +152,22 @@ def run(args: argparse.Namespace) -> int:
     records: dict[str, list[dict]] = {}
     summaries: dict[str, dict] = {}
 
-    def write_results(complete: bool) -> None:
-        """The JSON for every setting finished so far, replaced atomically, so a cut run keeps what it measured."""
-        correct = {key: np.array([r["correct"] for r in records[key]]) for key in summaries}
-        result["complete"] = complete
-        result["a"] = summaries["a"]
-        result["comparisons"] = [
-            {
+    result["complete"], result["comparisons"] = False, []
+
+    def record(key: str) -> None:
+        """Add `key`'s summary (and its comparison with A) to the results; replace the JSON atomically, so a cut
+        run keeps every setting it finished."""
+        if key == "a":
+            result["a"] = summaries["a"]
+        else:
+            correct_a, correct_b = ([r["correct"] for r in records[k]] for k in ("a", key))
+            result["comparisons"].append({
                 "b": summaries[key],
-                "paired": paired_win_rate(correct["a"], correct[key], args.bootstrap, args.seed),
+                "paired": paired_win_rate(np.array(correct_a), np.array(correct_b), args.bootstrap, args.seed),
                 "per_task": [{"text": t.text, "a": bool(a), "b": bool(b)}
-                             for t, a, b in zip(tasks, correct["a"], correct[key], strict=True)],
-            }
-            for key in keys[1:] if key in summaries
-        ]
+                             for t, a, b in zip(tasks, correct_a, correct_b, strict=True)],
+            })
+        result["complete"] = key == keys[-1]
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         partial = out.with_name(f".{out.name}.partial")
@@ -185,11 +187,12 @@ def run(args: argparse.Namespace) -> int:
                               "seconds_per_image": total_seconds / max(total_images, 1)}
             print(f"[{state.process_index}] {key} ({labels[key]}): {len(mine)} images in {seconds:.1f} s", flush=True)
             if args.save_images:
-                (Path(args.save_images) / key).mkdir(parents=True, exist_ok=True)
+                folder = Path(args.save_images) / key
+                folder.mkdir(parents=True, exist_ok=True)
                 for i, image in images[key].items():
-                    image.save(Path(args.save_images) / key / f"{i:05d}.png")
+                    image.save(folder / f"{i:05d}.png")
             if state.is_main_process:
-                write_results(complete=key == keys[-1])
+                record(key)
     if not state.is_main_process:
         return 0
 
