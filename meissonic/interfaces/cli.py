@@ -12,6 +12,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "edit": ("meissonic.interfaces.commands.edit", "img2img, inpainting and outpainting"),
     "train": ("meissonic.interfaces.commands.train", "train or fine-tune the transformer from a YAML config"),
     "train-vq": ("meissonic.interfaces.commands.train_vq", "train a VQ tokenizer from a YAML config"),
+    "merge-codes": ("meissonic.interfaces.commands.merge_codes",
+                    "merge a trained VQ's near-duplicate codes into fewer codes"),
     "preencode": ("meissonic.interfaces.commands.preencode", "encode a dataset to token/text shards once"),
     "eval": ("meissonic.interfaces.commands.eval", "evaluate: world benchmark, or compare two sampler settings"),
     "world": ("meissonic.interfaces.commands.world", "render the synthetic world: datasets and prompts"),
