@@ -18,9 +18,11 @@ if [ ! -f "$runs/vq8/export/vqvae/config.json" ] && [ -f weights/world_vq8/confi
 fi
 [ -f "$runs/vq8/export/vqvae/config.json" ] || \
   "$meissonic" train-vq --config configs/default_model/vq8.yaml $(resume "$runs/vq8")
-[ -f "$runs/tokens8/preencoded.json" ] || \
-  "$meissonic" preencode --config configs/default_model/transformer8.yaml --input data/world_train --limit 20000 \
-    --output "$runs/tokens8"
-[ -f "$runs/transformer8/export/model_index.json" ] || \
-  "$meissonic" train --config configs/default_model/transformer8.yaml $(resume "$runs/transformer8")
-"$python" scripts/package_default_model.py "$runs/transformer8/export" --steps 16 --guidance-scale 4.0
+[ -d "$runs/vq8_32" ] || \
+  "$meissonic" merge-codes --vqvae "$runs/vq8/export/vqvae" --data data/world_train --codes 32 --out "$runs/vq8_32"
+[ -f "$runs/tokens8_32t1/preencoded.json" ] || \
+  "$meissonic" preencode --config configs/default_model/transformer8_32t1.yaml --input data/world_train \
+    --limit 20000 --output "$runs/tokens8_32t1"
+[ -f "$runs/transformer8_32t1/export/model_index.json" ] || \
+  "$meissonic" train --config configs/default_model/transformer8_32t1.yaml $(resume "$runs/transformer8_32t1")
+"$python" scripts/package_default_model.py "$runs/transformer8_32t1/export" --steps 16 --guidance-scale 4.0
