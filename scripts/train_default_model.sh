@@ -20,9 +20,9 @@ fi
   "$meissonic" train-vq --config configs/default_model/vq8.yaml $(resume "$runs/vq8")
 [ -d "$runs/vq8_32" ] || \
   "$meissonic" merge-codes --vqvae "$runs/vq8/export/vqvae" --data data/world_train --codes 32 --out "$runs/vq8_32"
-[ -f "$runs/tokens8_32t1/preencoded.json" ] || \
+[ -f "$runs/tokens8_32t1s/preencoded.json" ] || \
   "$meissonic" preencode --config configs/default_model/transformer8_32t1.yaml --input data/world_train \
-    --limit 20000 --output "$runs/tokens8_32t1"
-[ -f "$runs/transformer8_32t1/export/model_index.json" ] || \
-  "$meissonic" train --config configs/default_model/transformer8_32t1.yaml $(resume "$runs/transformer8_32t1")
-"$python" scripts/package_default_model.py "$runs/transformer8_32t1/export" --steps 16 --guidance-scale 4.0
+    --limit 20000 --output "$runs/tokens8_32t1s"
+[ -f "$runs/transformer8_32t1s/export/model_index.json" ] || \
+  "$meissonic" train --config configs/default_model/transformer8_32t1.yaml $(resume "$runs/transformer8_32t1s")
+"$python" scripts/package_default_model.py "$runs/transformer8_32t1s/export" --steps 16 --guidance-scale 4.0

@@ -66,9 +66,15 @@ def tiny_text_encoder(
     projection_dim: int = 32,
     max_positions: int = 77,
     seed: int = 0,
+    embedding_scale: float = 1.0,
     **extra,
 ):
-    """A randomly initialised CLIPTextModelWithProjection matching `tokenizer`'s vocabulary."""
+    """A randomly initialised CLIPTextModelWithProjection matching `tokenizer`'s vocabulary.
+
+    `embedding_scale` multiplies the token and position embeddings after initialisation. With one layer the
+    conditioning states (the penultimate hidden states) are these embeddings, whose CLIP initialisation (std 0.02)
+    leaves them so small that the transformer's text projection sees little but its own bias.
+    """
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
     config = CLIPTextConfig(
@@ -85,7 +91,13 @@ def tiny_text_encoder(
         **extra,
     )
     torch.manual_seed(seed)
-    return CLIPTextModelWithProjection(config).eval()
+    model = CLIPTextModelWithProjection(config).eval()
+    if embedding_scale != 1.0:
+        embeddings = model.text_model.embeddings
+        with torch.no_grad():
+            embeddings.token_embedding.weight.mul_(embedding_scale)
+            embeddings.position_embedding.weight.mul_(embedding_scale)
+    return model
 
 
 def tiny_vq_config(
