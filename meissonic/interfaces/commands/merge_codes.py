@@ -38,11 +38,13 @@ def run(args: argparse.Namespace) -> int:
     vqvae = VQModel.from_pretrained(args.vqvae, torch_dtype=torch.float32).eval()
     dataset = ImageTextDataset(open_source(args.data, "auto"), args.resolution, args.seed, random_crop=False)
     count = min(args.images, len(dataset))
-    pixels = [dataset[i]["pixels"] for i in range(count)]
-    batches = [torch.stack(pixels[i : i + args.batch_size]) for i in range(0, count, args.batch_size)]
+    check = torch.stack([dataset[i]["pixels"] for i in range(min(64, count))])  # PSNR before/after merging
+    batches = (  # streamed: 1,000 renders of 256 px would take 0.8 GB as float pixels
+        torch.stack([dataset[i]["pixels"] for i in range(start, min(start + args.batch_size, count))])
+        for start in range(0, count, args.batch_size)
+    )
     usage = code_usage(vqvae, batches)
     merged, mapping = merge_codes(vqvae, args.codes, usage, args.seed)
-    check = torch.stack(pixels[:64])
     report = {
         "source": str(args.vqvae),
         "images": count,
