@@ -56,16 +56,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"meissonic {args.command}: interrupted", file=sys.stderr)
         return 130
-    finally:
-        _close_process_group()
-
-
-def _close_process_group() -> None:
-    """Destroy the torch.distributed process group a command opened under `accelerate launch`: a gloo rank
-    that exits with its group still open can abort ("terminate called without an active exception")."""
-    dist = sys.modules.get("torch.distributed")
-    if dist is not None and dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
