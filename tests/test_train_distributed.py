@@ -29,9 +29,12 @@ trainer = Trainer(load_config(sys.argv[1]))
 trainer.run(export=False)
 flat = torch.cat([p.detach().flatten() for p in trainer.transformer.parameters()])[None]
 every = trainer.accelerator.gather(flat)
-if trainer.accelerator.is_main_process:
+main = trainer.accelerator.is_main_process
+trainer.close()
+if main:
     spread = (every - every[0]).abs().max().item()
-    json.dump({"world": trainer.world, "rank_spread": spread}, open(sys.argv[2], "w"))
+    closed = not torch.distributed.is_initialized()
+    json.dump({"world": trainer.world, "rank_spread": spread, "closed": closed}, open(sys.argv[2], "w"))
 """
 
 
@@ -44,7 +47,7 @@ def test_two_processes_match_one_process(tmp_path):
     data, vq = write_imagefolder(tmp_path / "data", count=16), write_tiny_vq(tmp_path / "vq")
     script = tmp_path / "run.py"
     script.write_text(SCRIPT)
-    env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONFAULTHANDLER="1")
     results = {}
     for world, batch in ((1, 4), (2, 2)):
         folder = tmp_path / f"w{world}"
@@ -84,10 +87,11 @@ def test_two_processes_match_one_process(tmp_path):
             text=True,
             timeout=240,
         )
-        assert done.returncode == 0, done.stderr[-20000:]
+        assert done.returncode == 0, done.stdout[-10000:] + "\n" + done.stderr[-20000:]
         results[world] = json.loads((folder / "out.json").read_text())
     assert results[2]["world"] == 2 and results[1]["world"] == 1
     assert results[2]["rank_spread"] == 0.0
+    assert results[2]["closed"], "the process group is still open after Trainer.close()"
     one, two = losses(tmp_path / "w1" / "run"), losses(tmp_path / "w2" / "run")
     assert len(one) == len(two) == 8
     assert one == pytest.approx(two, rel=1e-4, abs=1e-4)

@@ -27,3 +27,14 @@ def make_accelerator(mixed_precision: str):
         world > 1 and not torch.cuda.is_available()
     )
     return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+
+
+def end_run(accelerator) -> None:
+    """End a finished run on every rank: wait for the others, let accelerate drop its references to the prepared
+    (DDP-wrapped) modules and optimizers, and destroy the process group. Call it once the trainer has dropped its
+    own references to those wrappers. A gloo group that is still alive (a DDP wrapper keeps it so) when Python
+    shuts down can abort the rank with "terminate called without an active exception": its worker threads
+    release tensors while the interpreter is being torn down (pytorch/pytorch#190489)."""
+    accelerator.wait_for_everyone()
+    accelerator.free_memory()
+    accelerator.end_training()

@@ -43,7 +43,7 @@ from .components import (
 )
 from .config import TrainConfig, fingerprint, save_config
 from .ema import EMA
-from .engine import make_accelerator
+from .engine import end_run, make_accelerator
 from .objective import (
     apply_cfg_dropout,
     masked_cross_entropy_sum,
@@ -534,6 +534,14 @@ class Trainer:
             logger.close()
         return last
 
+    def close(self) -> None:
+        """After a successful `run()`, on every rank: drop the distributed wrappers and end the process group
+        (`engine.end_run`). The unwrapped transformer and text encoder stay usable."""
+        self.model = self.transformer
+        self.text_encoder = self.accelerator.unwrap_model(self.text_encoder)
+        self.optimizer = self.lr_scheduler = None
+        end_run(self.accelerator)
+
 
 def image_grid(images: list, columns: int | None = None):
     from PIL import Image
@@ -548,4 +556,7 @@ def image_grid(images: list, columns: int | None = None):
 
 
 def train(config: TrainConfig, resume: bool | str = False) -> dict[str, float]:
-    return Trainer(config, resume).run()
+    trainer = Trainer(config, resume)
+    last = trainer.run()
+    trainer.close()
+    return last

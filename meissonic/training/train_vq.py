@@ -18,7 +18,7 @@ from ..data.sources import Record, Source
 from . import checkpoint as ckpt
 from .components import load_vqvae
 from .config import VQTrainConfig, fingerprint, save_config
-from .engine import make_accelerator
+from .engine import end_run, make_accelerator
 from .objective import step_generator
 from .optim import build_lr_scheduler, build_optimizer, decay_groups
 from .progress import RunLogger
@@ -338,6 +338,16 @@ class VQTrainer:
             tmp.rename(folder)
         self.accelerator.wait_for_everyone()
         return self.export_dir / "vqvae"
+
+    def close(self) -> None:
+        """After a successful `run()`, on every rank: drop the distributed wrappers and end the process group
+        (`engine.end_run`)."""
+        acc = self.accelerator
+        self.model = acc.unwrap_model(self.model)
+        if self.discriminator is not None:
+            self.discriminator, self.disc_optimizer = acc.unwrap_model(self.discriminator), None
+        self.optimizer = self.lr_scheduler = None
+        end_run(acc)
 
     def run(self) -> dict[str, float]:
         cfg, acc = self.config, self.accelerator

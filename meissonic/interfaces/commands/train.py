@@ -49,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config, TrainConfig, parse_overrides(args.set))
     trainer = Trainer(config, resume=args.resume)
     last = trainer.run(export=not args.no_export)
+    trainer.close()
     if trainer.accelerator.is_main_process:
         print(
             f"trained to step {trainer.step}: loss {last.get('loss', float('nan')):.4f}, "

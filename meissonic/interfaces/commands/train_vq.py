@@ -18,6 +18,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config, VQTrainConfig, parse_overrides(args.set))
     trainer = VQTrainer(config, resume=args.resume)
     metrics = trainer.run()
+    trainer.close()
     if trainer.accelerator.is_main_process:
         print(
             "held-out: "
