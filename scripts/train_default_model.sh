@@ -23,6 +23,6 @@ fi
 [ -f "$runs/tokens8_32t1s/preencoded.json" ] || \
   "$meissonic" preencode --config configs/default_model/transformer8_32t1.yaml --input data/world_train \
     --limit 20000 --output "$runs/tokens8_32t1s"
-[ -f "$runs/transformer8_32t1s/export/model_index.json" ] || \
-  "$meissonic" train --config configs/default_model/transformer8_32t1.yaml $(resume "$runs/transformer8_32t1s")
+# Always resumed: a finished run only exports again (seconds); an export left by a shorter schedule is not final.
+"$meissonic" train --config configs/default_model/transformer8_32t1.yaml $(resume "$runs/transformer8_32t1s")
 "$python" scripts/package_default_model.py "$runs/transformer8_32t1s/export" --steps 16 --guidance-scale 4.0
