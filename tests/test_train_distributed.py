@@ -29,9 +29,8 @@ trainer = Trainer(load_config(sys.argv[1]))
 trainer.run(export=False)
 flat = torch.cat([p.detach().flatten() for p in trainer.transformer.parameters()])[None]
 every = trainer.accelerator.gather(flat)
-main = trainer.accelerator.is_main_process
 trainer.close()
-if main:
+if trainer.accelerator.is_main_process:  # as `meissonic train` asks it, after close()
     spread = (every - every[0]).abs().max().item()
     closed = not torch.distributed.is_initialized()
     json.dump({"world": trainer.world, "rank_spread": spread, "closed": closed}, open(sys.argv[2], "w"))
