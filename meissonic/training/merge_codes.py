@@ -16,7 +16,7 @@ from collections.abc import Iterable
 
 import torch
 
-from .train_vq import decode_latents, psnr, quantize
+from .train_vq import psnr, quantize, reconstruct
 
 
 @torch.no_grad()
@@ -89,5 +89,4 @@ def merge_codes(vqvae, num_codes: int, usage: torch.Tensor, seed: int = 0):
 @torch.no_grad()
 def reconstruction_psnr(vqvae, pixels: torch.Tensor) -> float:
     """Mean PSNR (dB) of encode -> nearest code -> decode over pixels (B, 3, H, W) in [0, 1]."""
-    codes, _ = quantize(vqvae, vqvae.encode(pixels.float()).latents.float())
-    return psnr(decode_latents(vqvae, codes).float().clamp(0, 1), pixels.float()).mean().item()
+    return psnr(reconstruct(vqvae, pixels)[0], pixels.float()).mean().item()

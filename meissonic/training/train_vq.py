@@ -62,6 +62,13 @@ def decode_latents(vqvae, quantized: torch.Tensor) -> torch.Tensor:
     return vqvae.decoder(hidden, quantized if vqvae.config.norm_type == "spatial" else None)
 
 
+def reconstruct(vqvae, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """encode -> nearest code -> decode in float32: reconstructions (B, 3, H, W) in [0, 1] and code indices."""
+    with torch.autocast(pixels.device.type, enabled=False):
+        codes, indices = quantize(vqvae, vqvae.encode(pixels.float()).latents.float())
+        return decode_latents(vqvae, codes).float().clamp(0, 1), indices
+
+
 class Autoencoder(nn.Module):
     """encode -> quantize (straight-through) -> decode as one module, so DDP/FSDP wrap a single forward."""
 
@@ -264,10 +271,7 @@ class VQTrainer:
         )
         for batch in loader:
             pixels = batch["pixels"].to(self.device)
-            with torch.autocast(self.device.type, enabled=False):
-                latents = self.vqvae.encode(pixels).latents
-                codes, indices = quantize(self.vqvae, latents)
-                recon = decode_latents(self.vqvae, codes).clamp(0, 1)
+            recon, indices = reconstruct(self.vqvae, pixels)
             scores_psnr.append(psnr(recon, pixels).cpu())
             scores_ssim.append(ssim(recon, pixels).cpu())
             counts += torch.bincount(indices.flatten().cpu(), minlength=self.codes).float()
