@@ -33,6 +33,21 @@ def test_perfect_renders_score_one():
     assert result["num_tasks"] == 48
 
 
+def test_chance_scores_the_images_against_other_prompts():
+    tasks = heldout_tasks(24, seed=1)
+    renders = [render(t.scene) for t in tasks]
+    result = score(renders, tasks, chance_shifts=3)
+    assert result["chance"]["shifts"] == 3
+    # Each render against the next 3 tasks: right only where those tasks happen to ask for the same thing.
+    for name, value in result["chance"]["categories"].items():
+        assert value < 0.7, (name, result["chance"])
+    assert result["chance"]["overall"] < 0.1
+    # Images that ignore their prompt (one render for every task) score exactly their chance level.
+    same = score([renders[0]] * len(tasks), tasks, chance_shifts=3)
+    assert same["chance"]["categories"] == pytest.approx(same["categories"], abs=1e-9)
+    assert "chance" not in score(renders[:1], tasks[:1], chance_shifts=3)  # no other prompt to compare with
+
+
 def test_wrong_scenes_fail_in_their_category():
     tasks = heldout_tasks(40, seed=2)
     wrong_colour, wrong_count, swapped, wrong_bg = [], [], [], []

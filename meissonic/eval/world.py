@@ -110,15 +110,27 @@ def score_detections(results: Sequence[TaskResult]) -> dict:
     }
 
 
-def score(images: Iterable[Image.Image | np.ndarray], tasks: Sequence[Task], **detect_kwargs) -> dict:
-    """Detect every image and score it against its task. Returns the dict of `score_detections`."""
+def score(
+    images: Iterable[Image.Image | np.ndarray], tasks: Sequence[Task], chance_shifts: int = 0, **detect_kwargs
+) -> dict:
+    """Detect every image and score it against its task. Returns the dict of `score_detections`.
+
+    With `chance_shifts` = k > 0 it also holds ``chance``: the same images scored against the wrong tasks (image i
+    against task i + s for s = 1..k, cyclically), i.e. what images that ignore their prompt would score on this
+    task mix. A model follows prompts as far as its scores exceed these.
+    """
     images = list(images)
     if len(images) != len(tasks):
         raise ValueError(f"{len(images)} images for {len(tasks)} tasks")
-    results = [
-        check_task(task, detect(image, **detect_kwargs)) for image, task in zip(images, tasks, strict=True)
-    ]
-    return score_detections(results)
+    detections = [detect(image, **detect_kwargs) for image in images]
+    out = score_detections([check_task(task, det) for task, det in zip(tasks, detections, strict=True)])
+    shifts = range(1, min(chance_shifts, len(tasks) - 1) + 1)
+    if shifts:
+        n = len(tasks)
+        wrong = [check_task(tasks[(i + s) % n], det) for s in shifts for i, det in enumerate(detections)]
+        chance = score_detections(wrong)
+        out["chance"] = {"overall": chance["overall"], "categories": chance["categories"], "shifts": len(shifts)}
+    return out
 
 
 def detector_agreement(

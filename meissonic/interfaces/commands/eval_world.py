@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         if args.save_images:
             _save(Path(args.save_images), tasks, images)
 
-    results = score(images, tasks)
+    results = score(images, tasks, chance_shifts=4)
     results["split"] = args.split
     results["settings"] = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "func"}
     vq = getattr(pipe, "vqvae", None)
@@ -134,6 +134,9 @@ def run(args: argparse.Namespace) -> int:
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     cats = " ".join(f"{k}={v:.3f}" for k, v in results["categories"].items())
     print(f"world {args.split}: overall={results['overall']:.3f} {cats} ({results['num_tasks']} tasks)")
+    if "chance" in results:
+        chance = " ".join(f"{k}={v:.3f}" for k, v in results["chance"]["categories"].items())
+        print(f"chance (each image against 4 other prompts): overall={results['chance']['overall']:.3f} {chance}")
     if "vq_reconstruction" in results:
         vq_result = results["vq_reconstruction"]
         print(f"VQ reconstruction of {vq_result['num_images']} renders: PSNR {vq_result['psnr']:.2f} dB, world score "
