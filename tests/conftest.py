@@ -17,3 +17,19 @@ def reference_dir() -> Path:
     if not REFERENCE.is_dir():
         pytest.skip(f"reference folder {REFERENCE} not found")
     return REFERENCE
+
+
+@pytest.fixture(scope="session")
+def is_embedded_model():
+    """Whether a loaded pipeline is the package's embedded default model (its transformer config, key by key)."""
+    import json
+
+    from meissonic.interfaces.commands.common import default_model_folder
+
+    expected = json.loads((default_model_folder() / "transformer" / "config.json").read_text())
+
+    def check(pipe) -> bool:
+        config = pipe.transformer.config
+        return all(config.get(k) == v for k, v in expected.items() if not k.startswith("_"))
+
+    return check

@@ -351,7 +351,7 @@ def test_sampler_options_follow_the_signature():
             check_settings(list(options.values()), bad)
 
 
-def test_serve_command_builds_the_app(folder, monkeypatch):
+def test_serve_command_builds_the_app(folder, monkeypatch, is_embedded_model):
     from meissonic.interfaces.commands import serve
 
     parser = argparse.ArgumentParser()
@@ -365,7 +365,7 @@ def test_serve_command_builds_the_app(folder, monkeypatch):
         response = httpx.post(f"{base}/v1/images/generations", json={"prompt": "x", "steps": 1},
                               headers={"Authorization": "Bearer from-env"}, timeout=30)
         assert response.status_code == 200, response.text
-    with pytest.raises(FileNotFoundError, match="--model"):
-        serve.build_app(parser.parse_args([]))  # no embedded model yet: the clear error of load_pipeline
+    embedded = serve.build_app(parser.parse_args([]))  # no --model: the embedded default model
+    assert is_embedded_model(embedded.state.service.pipeline)
     with pytest.raises(ValueError):
         serve.build_app(parser.parse_args(["--model", str(folder), "--concurrency", "0"]))

@@ -168,7 +168,7 @@ def test_new_pipeline_keywords_become_controls(pipe, monkeypatch):
     assert seen == [True]
 
 
-def test_ui_command(folder):
+def test_ui_command(folder, is_embedded_model):
     from meissonic.interfaces.commands import ui as command
 
     parser = argparse.ArgumentParser()
@@ -177,5 +177,5 @@ def test_ui_command(folder):
     assert (args.host, args.port) == ("127.0.0.1", 7860)
     demo = command.build(args)
     assert demo.meissonic.max_size == 48 and demo.meissonic.controls["text2image"]["num_images"].maximum == 2
-    with pytest.raises(FileNotFoundError, match="--model"):
-        command.build(parser.parse_args([]))
+    embedded = command.build(parser.parse_args([]))  # no --model: the embedded default model
+    assert is_embedded_model(embedded.meissonic.service.pipeline)
