@@ -12,12 +12,6 @@ from meissonic.interfaces.cli import main
 from meissonic.interfaces.commands.common import default_model_folder
 from meissonic.world import heldout_tasks
 
-try:
-    default_model_folder()
-except FileNotFoundError:  # remove once the model ships (issue: the embedded default model)
-    pytest.skip("the embedded default model is not in the package yet", allow_module_level=True)
-
-
 @pytest.fixture(scope="module")
 def pipe():
     pipe = MeissonicPipeline.from_pretrained(default_model_folder(), torch_dtype=torch.bfloat16)
