@@ -12,6 +12,7 @@ from meissonic.interfaces.cli import main
 from meissonic.interfaces.commands.common import default_model_folder
 from meissonic.world import heldout_tasks
 
+
 @pytest.fixture(scope="module")
 def pipe():
     pipe = MeissonicPipeline.from_pretrained(default_model_folder(), torch_dtype=torch.bfloat16)
