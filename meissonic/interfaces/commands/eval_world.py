@@ -136,7 +136,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"world {args.split}: overall={results['overall']:.3f} {cats} ({results['num_tasks']} tasks)")
     if "chance" in results:
         chance = " ".join(f"{k}={v:.3f}" for k, v in results["chance"]["categories"].items())
-        print(f"chance (each image against 4 other prompts): overall={results['chance']['overall']:.3f} {chance}")
+        print(f"chance (each image against {results['chance']['shifts']} other prompts): "
+              f"overall={results['chance']['overall']:.3f} {chance}")
     if "vq_reconstruction" in results:
         vq_result = results["vq_reconstruction"]
         print(f"VQ reconstruction of {vq_result['num_images']} renders: PSNR {vq_result['psnr']:.2f} dB, world score "
