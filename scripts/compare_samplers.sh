@@ -20,4 +20,9 @@ mkdir -p "$out"
             "halton" "tome 0.25" "published (noise + differential + zigzag)" \
   --num-prompts "$num" --seed 0 --batch-size 4 --out "$out/compare.json" --save-images "$images" \
   --side-by-side 6 | tee "$out/compare.txt"
-cp "$images/side_by_side.png" "$images/side_by_side.txt" "$out/"
+cp "$images/side_by_side.txt" "$out/"
+# the full-size grid is 3.3 MB; the repository keeps a half-size JPEG of it (about 150 kB)
+if [ -x .venv/bin/python ]; then python=.venv/bin/python; else python=python3; fi
+"$python" -c 'import sys; from PIL import Image; im = Image.open(sys.argv[1]).convert("RGB")
+im.resize((im.width // 2, im.height // 2), Image.LANCZOS).save(sys.argv[2], quality=85)' \
+  "$images/side_by_side.png" "$out/side_by_side.jpg"
