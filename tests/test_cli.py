@@ -56,6 +56,16 @@ def test_missing_model_folder(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_no_model_and_no_embedded_model_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    from meissonic.interfaces.commands import common
+
+    monkeypatch.setattr(common, "EMBEDDED_MODEL", tmp_path / "assets" / "default_model")
+    assert main(["generate", "x", "-o", str(tmp_path / "o.png")]) == 2
+    err = capsys.readouterr().err
+    assert "no embedded default model" in err and "--model FOLDER" in err
+    assert not (tmp_path / "o.png").exists()
+
+
 def test_edit_modes(model, tmp_path):
     source = tmp_path / "in.png"
     PIL.Image.new("RGB", (32, 32), (10, 200, 10)).save(source)

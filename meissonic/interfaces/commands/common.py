@@ -181,13 +181,15 @@ def load_pipeline(args: argparse.Namespace, pipeline_class):
     return pipe
 
 
+EMBEDDED_MODEL = Path(__file__).resolve().parents[2] / "assets" / "default_model"
+
+
 def default_model_folder() -> Path:
-    """The embedded default model, shipped inside the package."""
-    folder = Path(__file__).resolve().parents[2] / "assets" / "default_model"
-    if not (folder / "model_index.json").is_file():
+    """The embedded default model, shipped inside the package (`EMBEDDED_MODEL`)."""
+    if not (EMBEDDED_MODEL / "model_index.json").is_file():
         raise FileNotFoundError("no --model given and this installation has no embedded default model "
-                                f"({folder}); pass --model FOLDER")
-    return folder
+                                f"({EMBEDDED_MODEL}); pass --model FOLDER")
+    return EMBEDDED_MODEL
 
 
 def output_paths(output: str | None, count: int, overwrite: bool) -> list[Path]:
