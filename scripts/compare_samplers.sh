@@ -7,9 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1
-if [ -x .venv/bin/meissonic ]; then meissonic=(.venv/bin/meissonic)
-elif command -v meissonic >/dev/null; then meissonic=(meissonic)
-else meissonic=(python3 -m meissonic.interfaces.cli); fi
+# one interpreter for the comparison and the image resizing at the end: the project's .venv, else python3
+if [ -x .venv/bin/python ]; then python=.venv/bin/python; else python=python3; fi
+meissonic=("$python" -m meissonic.interfaces.cli)
 model=${1:-meissonic/assets/default_model} out=${2:-docs/compare} num=${3:-200}
 images=${COMPARE_IMAGES:-$(mktemp -d)}   # every generated image (not kept in the repository)
 mkdir -p "$out"
@@ -22,7 +22,6 @@ mkdir -p "$out"
   --side-by-side 6 | tee "$out/compare.txt"
 cp "$images/side_by_side.txt" "$out/"
 # the full-size grid is 3.3 MB; the repository keeps a half-size JPEG of it (about 150 kB)
-if [ -x .venv/bin/python ]; then python=.venv/bin/python; else python=python3; fi
 "$python" -c 'import sys; from PIL import Image; im = Image.open(sys.argv[1]).convert("RGB")
 im.resize((im.width // 2, im.height // 2), Image.LANCZOS).save(sys.argv[2], quality=85)' \
   "$images/side_by_side.png" "$out/side_by_side.jpg"
