@@ -15,7 +15,8 @@ from meissonic.sampling.options import SamplerOptions
 from meissonic.testing import build_tiny_pipeline_folder
 
 EVERYTHING = SamplerOptions(noise_reg=2.0, differential=True, zigzag=True, guidance_schedule="cosine",
-                            guidance_interval=(0.0, 0.8), order="halton", tome_ratio=0.25, tome_reuse=1)
+                            guidance_interval=(0.0, 0.8), order="halton", tome_ratio=0.25, tome_reuse=1,
+                            token_temperature=0.7)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,8 @@ def record_calls(module):
     ({"noise_reg": -1.0}, "noise_reg"), ({"differential_fraction": 0.0}, "differential_fraction"),
     ({"guidance_schedule": "exp"}, "guidance_schedule"), ({"guidance_interval": (0.5, 0.2)}, "guidance_interval"),
     ({"order": "random"}, "order"), ({"tome_ratio": 1.0}, "tome_ratio"), ({"tome_reuse": 0}, "tome_reuse"),
-    ({"zigzag_guidance": math.nan}, "zigzag_guidance"),
+    ({"zigzag_guidance": math.nan}, "zigzag_guidance"), ({"token_temperature": 0.0}, "token_temperature"),
+    ({"token_temperature": math.inf}, "token_temperature"), ({"token_temperature": True}, "token_temperature"),
 ])
 def test_bad_options_name_the_option(kwargs, name):
     with pytest.raises(ValueError, match=name):
@@ -61,6 +63,9 @@ def test_parse_presets_and_overrides(tmp_path):
     with pytest.raises(ValueError, match="differential"):
         SamplerOptions.parse("differential=maybe")
     assert SamplerOptions.parse(published.describe()) == published
+    assert SamplerOptions.parse("token_temperature=0.5").token_temperature == 0.5
+    with pytest.raises(ValueError, match="token_temperature"):
+        SamplerOptions.parse("token_temperature=cold")
 
 
 def test_noise_sigma_is_the_published_cosine_shape():

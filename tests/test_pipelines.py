@@ -293,3 +293,24 @@ def test_checkpoint_sampling_defaults(tiny_folder, tmp_path):
     assert MeissonicInpaintPipeline.from_pipe(pipe).config.default_steps == 3
     released = MeissonicPipeline.from_pretrained(tiny_folder)
     assert (released.config.default_steps, released.config.default_guidance_scale) == (48, 9.0)
+
+
+
+def test_token_temperature_sharpens_the_draw(pipe):
+    """Near 0 the token temperature turns every draw into the argmax of the guided logits; 1 is the reference
+    sampler, whose draws spread over the distribution."""
+    logits = []
+    handle = pipe.transformer.register_forward_hook(lambda module, args, output: logits.append(output.float()))
+    kwargs = dict(height=32, width=32, num_inference_steps=1, guidance_scale=1.0, output_type="tokens")
+    try:
+        cold = pipe("a cat", generator=seeded(), token_temperature=1e-4, **kwargs).images
+        warm = [pipe("a cat", generator=seeded(s), **kwargs).images for s in range(3)]
+        explicit = pipe("a cat", generator=seeded(0), token_temperature=1.0, **kwargs).images
+    finally:
+        handle.remove()
+    argmax = logits[0].argmax(1)  # (1, h, w): one step fills every token from the all-masked prediction
+    assert torch.equal(cold, argmax)
+    assert not all(torch.equal(w, argmax) for w in warm)
+    assert torch.equal(explicit, warm[0])  # 1 is the default
+    with pytest.raises(ValueError, match="token_temperature"):
+        pipe("a cat", token_temperature=0.0, **kwargs)

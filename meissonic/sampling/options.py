@@ -30,6 +30,8 @@ class SamplerOptions:
     order: "confidence" (MaskGIT) or "halton" (unmask in a fixed 2-D Halton order, Besnier et al. 2025).
     tome_ratio: TomeMGT: fraction of image tokens merged in the dual-stream blocks (0: off, published 0.25);
         `tome_reuse` blocks share one merge plan; `tome_seed` seeds the random destination in each 2x2 window.
+    token_temperature: the guided logits are divided by it before the tokens are drawn and their confidence is
+        taken (1: the reference sampler; below 1: fewer draws from the tails of the distribution).
     """
 
     noise_reg: float = 0.0
@@ -43,6 +45,7 @@ class SamplerOptions:
     tome_ratio: float = 0.0
     tome_reuse: int = 5
     tome_seed: int = 0
+    token_temperature: float = 1.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "guidance_interval", tuple(float(v) for v in self.guidance_interval))
@@ -64,6 +67,9 @@ class SamplerOptions:
         _check(isinstance(self.tome_reuse, int) and self.tome_reuse >= 1, "tome_reuse", "an integer >= 1",
                self.tome_reuse)
         _check(isinstance(self.tome_seed, int), "tome_seed", "an integer", self.tome_seed)
+        _check(not isinstance(self.token_temperature, bool) and isinstance(self.token_temperature, (int, float))
+               and 0 < self.token_temperature < math.inf, "token_temperature", "a finite number > 0",
+               self.token_temperature)
 
     # ----- construction -------------------------------------------------------------------------------------------
     @classmethod

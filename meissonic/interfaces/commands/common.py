@@ -63,6 +63,9 @@ def add_enhance_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--tome", type=float, nargs="?", const=0.25, metavar="RATIO",
                        help="TomeMGT token merging in the dual-stream blocks (flag alone: ratio 0.25)")
     group.add_argument("--tome-reuse", type=int, metavar="BLOCKS", help="blocks sharing one merge plan (default 5)")
+    group.add_argument("--token-temperature", type=float, metavar="T",
+                       help="divide the guided logits by T before drawing tokens (default 1, the reference "
+                            "sampler; below 1: fewer unlikely tokens)")
     quant = parser.add_argument_group("quantization")
     quant.add_argument("--quantize", choices=["int8", "fp8", "w4a8"],
                        help="quantize the transformer: int8/fp8 weight-only, or W4A8 (SCQ, calibrated)")
@@ -96,6 +99,8 @@ def sampler_options(args: argparse.Namespace):
         changes["tome_ratio"] = args.tome
     if getattr(args, "tome_reuse", None) is not None:
         changes["tome_reuse"] = args.tome_reuse
+    if getattr(args, "token_temperature", None) is not None:
+        changes["token_temperature"] = args.token_temperature
     return dataclasses.replace(options, **changes) if changes else options
 
 

@@ -28,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the prompt list and of generation")
     parser.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
     parser.add_argument("--guidance-scale", type=float, help="guidance scale (default: the model's)")
+    parser.add_argument("--token-temperature", type=float, default=1.0,
+                        help="divide the guided logits by this before drawing tokens (default 1)")
     parser.add_argument("--size", type=int, help="image height and width (default: the model's)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16")
@@ -59,6 +61,7 @@ def _generate(pipe, tasks, args) -> list[Image.Image]:
             guidance_scale=args.guidance_scale,
             generator=[torch.Generator().manual_seed(args.seed + i) for i in range(start, start + len(batch))],
             output_type="pil",
+            **({} if args.token_temperature == 1.0 else {"token_temperature": args.token_temperature}),
         )
         images.extend(out.images)
         print(f"generated {len(images)}/{len(tasks)}", flush=True)

@@ -101,6 +101,8 @@ KNOWN: dict[str, SamplerOption] = {o.name: o for o in (
     _known("tome_ratio", "float", "Token merging ratio", 0.0, 0.9, 0.05, info="0: off; published 0.25"),
     _known("tome_reuse", "int", "Token merging: blocks per merge plan", 1, 64, 1),
     _known("tome_seed", "int", "Token merging seed", 0, 2**31 - 1, 1),
+    _known("token_temperature", "float", "Token temperature", 0.05, 5.0, 0.05,
+           info="the guided logits are divided by it before tokens are drawn; 1: the reference sampler"),
     _known("preset", "choice", "Sampler preset", info="the starting point; the fields below override it"),
 )}
 
