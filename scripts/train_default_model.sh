@@ -25,4 +25,4 @@ fi
     --limit 20000 --output "$runs/tokens8_32t1s"
 # Always resumed: a finished run only exports again (seconds); an export left by a shorter schedule is not final.
 "$meissonic" train --config configs/default_model/transformer8_32t1.yaml $(resume "$runs/transformer8_32t1s")
-"$python" scripts/package_default_model.py "$runs/transformer8_32t1s/export" --steps 16 --guidance-scale 4.0
+"$python" scripts/package_default_model.py "$runs/transformer8_32t1s/export" --steps 16 --guidance-scale 3.0
