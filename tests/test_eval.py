@@ -256,8 +256,9 @@ class _FakePipeline:
         tasks = heldout_tasks(8, seed=5)
         return cls({t.text: t.scene for t in tasks})
 
-    def __call__(self, prompt, height, width, num_inference_steps, guidance_scale, generator, output_type):
-        assert output_type == "pil" and height == width == 256
+    def __call__(self, prompt, height, width, num_inference_steps, guidance_scale, generator, output_type,
+                 token_temperature):
+        assert output_type == "pil" and height == width == 256 and token_temperature == 1.0
         return types.SimpleNamespace(images=[render(self.scenes[p], height) for p in prompt])
 
 

@@ -295,7 +295,6 @@ def test_checkpoint_sampling_defaults(tiny_folder, tmp_path):
     assert (released.config.default_steps, released.config.default_guidance_scale) == (48, 9.0)
 
 
-
 def test_token_temperature_sharpens_the_draw(pipe):
     """Near 0 the token temperature turns every draw into the argmax of the guided logits; 1 is the reference
     sampler, whose draws spread over the distribution."""

@@ -61,7 +61,7 @@ def _generate(pipe, tasks, args) -> list[Image.Image]:
             guidance_scale=args.guidance_scale,
             generator=[torch.Generator().manual_seed(args.seed + i) for i in range(start, start + len(batch))],
             output_type="pil",
-            **({} if args.token_temperature == 1.0 else {"token_temperature": args.token_temperature}),
+            token_temperature=args.token_temperature,
         )
         images.extend(out.images)
         print(f"generated {len(images)}/{len(tasks)}", flush=True)
