@@ -158,3 +158,32 @@ def test_jointly_trained_text_encoder_is_averaged_with_the_transformer(assets, t
     _, again = resumed.export_models()
     for name, param in again.named_parameters():
         torch.testing.assert_close(param.float(), expected[name], atol=1e-6, rtol=0)
+
+
+def test_chaining_into_a_deeper_model_appends_identity_blocks():
+    """A model grown by appended dual- and single-stream blocks computes what the smaller one did (their adaLN
+    gates start at zero), the gates get gradients, and a block missing in the middle is an error."""
+    from meissonic.models import MeissonicTransformer2DModel
+    from meissonic.testing import tiny_transformer_config
+
+    torch.manual_seed(0)
+    small = MeissonicTransformer2DModel(**{**tiny_transformer_config(), "num_layers": 1, "num_single_layers": 1})
+    big = MeissonicTransformer2DModel(**{**tiny_transformer_config(), "num_layers": 2, "num_single_layers": 3})
+    added = load_chained(big, small.state_dict())
+    assert {".".join(k.split(".")[:2]) for k in added} == {
+        "transformer_blocks.1", "single_transformer_blocks.1", "single_transformer_blocks.2",
+    }
+
+    tokens = torch.randint(0, 64, (2, 8, 8))
+    text = torch.randn(2, 5, 32)
+    inputs = (tokens, text, torch.randn(2, 32), torch.tensor([0.3, 0.9]), torch.rand(2, 5) * 100)
+    with torch.no_grad():
+        torch.testing.assert_close(big(*inputs), small(*inputs), atol=1e-5, rtol=1e-5)
+
+    big(*inputs).logsumexp(1).mean().backward()
+    gate = big.single_transformer_blocks[2].norm.linear.weight.grad
+    assert gate[-gate.shape[0] // 3:].abs().sum() > 0
+
+    holed = {k: v for k, v in big.state_dict().items() if not k.startswith("single_transformer_blocks.1.")}
+    with pytest.raises(ValueError, match="not compression layers or appended blocks"):
+        load_chained(big, holed)

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..models import MeissonicTransformer2DModel
+from ..models.layers import Modulation
 from .config import LoRAConfig, ModelConfig
 from .tiny import load_tokenizer as _load_clip_tokenizer
 from .tiny import tiny_text_encoder, tiny_vq_config, write_tiny_tokenizer
@@ -100,8 +101,10 @@ def read_transformer_weights(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def load_chained(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
-    """Stage chaining: load `state` into `model`; only feature-compression keys (`down_block.*`, `up_block.*`)
-    may be missing from `state` (they keep their fresh initialisation); every other key must match exactly.
+    """Stage chaining: load `state` into `model`. Only feature-compression keys (`down_block.*`, `up_block.*`)
+    and whole blocks appended after the last block of `state` may be missing from it; every other key must match
+    exactly. Compression layers keep their fresh initialisation; appended blocks start as the identity (their
+    adaLN gates are zero, as in adaLN-Zero), so the grown model computes what the smaller one did.
     Returns the new keys."""
     own = model.state_dict()
     unexpected = sorted(set(state) - set(own))
@@ -109,11 +112,16 @@ def load_chained(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
         raise ValueError(
             f"model.init_from: {len(unexpected)} weights the model does not have, e.g. {unexpected[0]}"
         )
+    appended = _appended_blocks(model, state)
     missing = sorted(set(own) - set(state))
-    wrong = [k for k in missing if not k.startswith(COMPRESSION_PREFIXES)]
+    wrong = [
+        k for k in missing
+        if not k.startswith(COMPRESSION_PREFIXES) and not k.startswith(tuple(f"{p}." for p in appended))
+    ]
     if wrong:
         raise ValueError(
-            f"model.init_from: {len(wrong)} weights missing that are not compression layers, e.g. {wrong[0]}"
+            f"model.init_from: {len(wrong)} weights missing that are not compression layers or appended blocks, "
+            f"e.g. {wrong[0]}"
         )
     for key, value in state.items():
         if own[key].shape != value.shape:
@@ -121,7 +129,31 @@ def load_chained(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
                 f"model.init_from: {key} has shape {tuple(value.shape)}, the model {tuple(own[key].shape)}"
             )
     model.load_state_dict(state, strict=False)
+    for prefix in appended:
+        zero_gates(model.get_submodule(prefix))
     return missing
+
+
+def _appended_blocks(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """Prefixes ("single_transformer_blocks.7") of the model's blocks after the last block present in `state`
+    (none if `state` has no block of that stack: a stack is grown, not made from nothing)."""
+    prefixes = []
+    for stack in ("transformer_blocks", "single_transformer_blocks"):
+        present = {int(k.split(".")[1]) for k in state if k.startswith(stack + ".")}
+        if present:
+            prefixes += [f"{stack}.{i}" for i in range(max(present) + 1, len(getattr(model, stack)))]
+    return prefixes
+
+
+@torch.no_grad()
+def zero_gates(block: nn.Module) -> None:
+    """Make a transformer block the identity: zero the weights and biases of the gate chunks of its adaLN
+    modulations (chunk 3 of 3 for single-stream blocks; chunks 3 and 6 of 6 for dual-stream blocks)."""
+    for modulation in (m for m in block.modules() if isinstance(m, Modulation)):
+        dim = modulation.linear.out_features // modulation.chunks
+        for chunk in range(2, modulation.chunks, 3):
+            modulation.linear.weight[chunk * dim:(chunk + 1) * dim].zero_()
+            modulation.linear.bias[chunk * dim:(chunk + 1) * dim].zero_()
 
 
 def add_lora(model: nn.Module, config: LoRAConfig) -> nn.Module:
