@@ -8,7 +8,9 @@ import pytest
 import torch
 from test_train_helpers import tiny_train_config, write_config, write_imagefolder, write_tiny_vq
 
+from meissonic.models import MeissonicTransformer2DModel
 from meissonic.models.text import encode_prompts
+from meissonic.testing import tiny_transformer_config
 from meissonic.training.components import load_chained
 from meissonic.training.config import load_config
 from meissonic.training.objective import sample_masks, step_noise, timestep_for
@@ -163,9 +165,6 @@ def test_jointly_trained_text_encoder_is_averaged_with_the_transformer(assets, t
 def test_chaining_into_a_deeper_model_appends_identity_blocks():
     """A model grown by appended dual- and single-stream blocks computes what the smaller one did (their adaLN
     gates start at zero), the gates get gradients, and a block missing in the middle is an error."""
-    from meissonic.models import MeissonicTransformer2DModel
-    from meissonic.testing import tiny_transformer_config
-
     torch.manual_seed(0)
     small = MeissonicTransformer2DModel(**{**tiny_transformer_config(), "num_layers": 1, "num_single_layers": 1})
     big = MeissonicTransformer2DModel(**{**tiny_transformer_config(), "num_layers": 2, "num_single_layers": 3})

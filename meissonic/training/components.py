@@ -113,11 +113,9 @@ def load_chained(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
             f"model.init_from: {len(unexpected)} weights the model does not have, e.g. {unexpected[0]}"
         )
     appended = _appended_blocks(model, state)
+    may_be_missing = COMPRESSION_PREFIXES + tuple(f"{prefix}." for prefix in appended)
     missing = sorted(set(own) - set(state))
-    wrong = [
-        k for k in missing
-        if not k.startswith(COMPRESSION_PREFIXES) and not k.startswith(tuple(f"{p}." for p in appended))
-    ]
+    wrong = [k for k in missing if not k.startswith(may_be_missing)]
     if wrong:
         raise ValueError(
             f"model.init_from: {len(wrong)} weights missing that are not compression layers or appended blocks, "
