@@ -23,11 +23,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("export", help="pipeline folder written by `meissonic train`")
     parser.add_argument("--vqvae", help="VQ folder replacing the pipeline's (a decoder fine-tuned on the same codes)")
-    parser.add_argument("--steps", type=int, default=16)
-    parser.add_argument("--guidance-scale", type=float, default=4.0)
+    parser.add_argument("--steps", type=int, help="default steps (default: the export's own)")
+    parser.add_argument("--guidance-scale", type=float, help="default guidance scale (default: the export's own)")
     args = parser.parse_args()
+    settings = {"default_steps": args.steps, "default_guidance_scale": args.guidance_scale}
     pipe = MeissonicPipeline.from_pretrained(
-        args.export, torch_dtype=torch.bfloat16, default_steps=args.steps, default_guidance_scale=args.guidance_scale
+        args.export, torch_dtype=torch.bfloat16, **{k: v for k, v in settings.items() if v is not None}
     )
     if args.vqvae:
         vqvae = VQModel.from_pretrained(args.vqvae, torch_dtype=torch.bfloat16)

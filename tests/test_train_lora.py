@@ -56,3 +56,21 @@ def test_validation_grid_and_default_resolution(assets, tmp_path):
     assert grid.crop((0, 0, 64, 64)).getextrema() != ((0, 0), (0, 0), (0, 0))
     index = json.loads((tmp_path / "run" / "export" / "model_index.json").read_text())
     assert index["default_resolution"] == 64
+
+
+def test_export_samples_like_validation_and_fine_tunes_keep_their_defaults(assets, tmp_path):
+    data, vq = assets
+    base = tiny_train_config(tmp_path / "base", data, vq, max_steps=1, **{
+        "validation.num_inference_steps": 3, "validation.guidance_scale": 2.5,
+    })
+    Trainer(load_config(write_config(tmp_path / "base.yaml", base))).run()
+    base_export = tmp_path / "base" / "run" / "export"
+    assert MeissonicPipeline.from_pretrained(base_export).sampling_defaults(None, None) == (3, 2.5)
+
+    tuned = tiny_train_config(tmp_path / "tuned", data, vq, max_steps=1, **{
+        "model": {"pretrained": str(base_export)}, "validation.num_inference_steps": 5,
+        "validation.guidance_scale": 7.0,
+    })
+    Trainer(load_config(write_config(tmp_path / "tuned.yaml", tuned))).run()
+    index = json.loads((tmp_path / "tuned" / "run" / "export" / "model_index.json").read_text())
+    assert (index["default_steps"], index["default_guidance_scale"]) == (3, 2.5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import shutil
 from pathlib import Path
@@ -189,11 +190,28 @@ def merged_copy(model: nn.Module) -> nn.Module:
     return model
 
 
+def pretrained_sampling_defaults(pretrained: str | None) -> dict:
+    """`default_steps` / `default_guidance_scale` stored in a pretrained folder's model_index.json (those present)."""
+    index = Path(pretrained) / "model_index.json" if pretrained else None
+    if index is None or not index.is_file():
+        return {}
+    stored = json.loads(index.read_text())
+    return {k: stored[k] for k in ("default_steps", "default_guidance_scale") if stored.get(k) is not None}
+
+
 def export_pipeline(
-    folder: str | Path, transformer, vqvae, text_encoder, tokenizer, default_resolution: int | None = None
+    folder: str | Path,
+    transformer,
+    vqvae,
+    text_encoder,
+    tokenizer,
+    default_resolution: int | None = None,
+    default_steps: int | None = None,
+    default_guidance_scale: float | None = None,
 ) -> Path:
     """Write a released-layout folder (SPEC section 1) atomically through `MeissonicPipeline.save_pretrained`;
-    `default_resolution` (the training resolution) becomes the pipeline's default image side."""
+    `default_resolution` (the training resolution) becomes the pipeline's default image side, and the two sampling
+    defaults the text-to-image defaults stored in model_index.json (None: the released 48 steps, guidance 9)."""
     from ..pipelines import MeissonicPipeline
     from ..sampling import MeissonicScheduler
 
@@ -207,6 +225,8 @@ def export_pipeline(
         tokenizer=tokenizer,
         scheduler=MeissonicScheduler(mask_token_id=transformer.mask_token_id),
         default_resolution=default_resolution,
+        default_steps=default_steps,
+        default_guidance_scale=default_guidance_scale,
     ).save_pretrained(str(tmp))
     if folder.exists():
         shutil.rmtree(folder)

@@ -101,6 +101,9 @@ class LogConfig:
 
 @dataclass
 class ValidationConfig:
+    """Sample grids during training. Steps and guidance are also the export's sampling defaults, unless the run
+    fine-tunes a `model.pretrained` checkpoint (which keeps its own)."""
+
     every: int = 0  # 0: never
     prompts: list[str] = field(default_factory=lambda: ["a photo of a cat"])
     num_inference_steps: int = 16

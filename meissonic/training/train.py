@@ -39,6 +39,7 @@ from .components import (
     load_transformer,
     load_vqvae,
     merged_copy,
+    pretrained_sampling_defaults,
     read_transformer_weights,
 )
 from .config import TrainConfig, fingerprint, save_config
@@ -450,12 +451,21 @@ class Trainer:
             self.text_ema.copy_to(text_encoder)
         return transformer, text_encoder.eval()
 
+    def sampling_defaults(self) -> dict:
+        """The export's text-to-image defaults: a fine-tuned checkpoint keeps those of `model.pretrained` (the
+        released 48 steps and guidance 9 when it stores none); a model trained from scratch or chained from a stage
+        samples like the run's validation grids (`validation.num_inference_steps`, `validation.guidance_scale`)."""
+        if self.config.model.pretrained:
+            return pretrained_sampling_defaults(self.config.model.pretrained)
+        cfg = self.config.validation
+        return {"default_steps": cfg.num_inference_steps, "default_guidance_scale": cfg.guidance_scale}
+
     def export(self, folder: str | Path | None = None) -> Path:
         folder = Path(folder) if folder else self.run_dir / "export"
         if self.accelerator.is_main_process:
             transformer, text_encoder = self.export_models()
             export_pipeline(folder, transformer, self.vqvae, text_encoder, self.tokenizer,
-                            default_resolution=self.config.data.resolution)
+                            default_resolution=self.config.data.resolution, **self.sampling_defaults())
             self.text_encoder.train(self.config.objective.train_text_encoder)
         self.accelerator.wait_for_everyone()
         return folder
