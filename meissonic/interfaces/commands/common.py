@@ -76,31 +76,32 @@ def add_enhance_arguments(parser: argparse.ArgumentParser) -> None:
     quant.add_argument("--calibration-steps", type=int, default=8, help="w4a8: steps per calibration image")
 
 
+# Enhanced-inference flags that set one SamplerOptions field each (flag attribute -> field).
+_SAMPLER_FLAGS = {
+    "noise_reg": "noise_reg",
+    "guidance_schedule": "guidance_schedule",
+    "tome": "tome_ratio",
+    "tome_reuse": "tome_reuse",
+    "token_temperature": "token_temperature",
+}
+
+
 def sampler_options(args: argparse.Namespace):
     """SamplerOptions from the enhanced-inference flags (--sampler/--published first, single flags on top)."""
     from ...sampling.options import SamplerOptions
 
     spec = "published" if getattr(args, "published", False) else getattr(args, "sampler", None)
     options = SamplerOptions.parse(spec) if spec else SamplerOptions()
-    changes: dict = {}
-    if getattr(args, "noise_reg", None) is not None:
-        changes["noise_reg"] = args.noise_reg
+    given = {flag: getattr(args, flag, None) for flag in _SAMPLER_FLAGS}
+    changes = {_SAMPLER_FLAGS[flag]: value for flag, value in given.items() if value is not None}
     if getattr(args, "differential", None) is not None:
         changes.update(differential=True, differential_fraction=args.differential)
     if getattr(args, "zigzag", None) is not None:
         changes.update(zigzag=True, zigzag_guidance=args.zigzag)
-    if getattr(args, "guidance_schedule", None):
-        changes["guidance_schedule"] = args.guidance_schedule
     if getattr(args, "guidance_interval", None):
         changes["guidance_interval"] = tuple(args.guidance_interval)
     if getattr(args, "halton", False):
         changes["order"] = "halton"
-    if getattr(args, "tome", None) is not None:
-        changes["tome_ratio"] = args.tome
-    if getattr(args, "tome_reuse", None) is not None:
-        changes["tome_reuse"] = args.tome_reuse
-    if getattr(args, "token_temperature", None) is not None:
-        changes["token_temperature"] = args.token_temperature
     return dataclasses.replace(options, **changes) if changes else options
 
 
