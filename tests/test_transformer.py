@@ -116,6 +116,23 @@ def test_bf16_forward_close_to_float32():
     assert (low.float() - reference).abs().max() < 0.1 * reference.abs().max()
 
 
+def test_bf16_inference_gelu_stays_within_bf16_error():
+    """bf16 CPU inference swaps the tanh-GELU for the exact one (faster there); the logits must stay as close to
+    the float32 model as bf16 with the tanh-GELU (the path autograd takes) gets."""
+    model = tiny_model(num_layers=2, num_single_layers=2)
+    inputs = random_inputs(model, 4, 8, 8)
+    with torch.no_grad():
+        reference = model(*inputs)
+    low = model.to(torch.bfloat16)
+    with torch.no_grad():
+        fast = low(*inputs).float()
+    with torch.enable_grad():
+        tanh = low(*inputs).float()
+    assert not torch.equal(fast, tanh)  # the two paths differ
+    error_fast, error_tanh = ((x - reference).abs().mean() for x in (fast, tanh))
+    assert error_fast < 1.2 * error_tanh, (error_fast, error_tanh)
+
+
 def test_gradient_checkpointing_gives_the_same_gradients():
     grads = []
     for checkpointing in (False, True):
