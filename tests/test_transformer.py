@@ -156,19 +156,7 @@ def test_save_and_reload_roundtrip(tmp_path):
         torch.testing.assert_close(model(*inputs), again.eval()(*inputs))
 
 
-def test_attention_without_autograd_matches_sdpa():
-    """Inference attention (a loop over batch items and heads on CPU) equals SDPA, used under autograd."""
-    model = tiny_model(downsample=False, upsample=False)
-    inputs = random_inputs(model, 2, 4, 6)
-    with torch.no_grad():
-        looped = model(*inputs)
-    with torch.enable_grad():
-        sdpa = model(*inputs)
-    assert sdpa.requires_grad
-    torch.testing.assert_close(looped, sdpa.detach(), atol=1e-5, rtol=1e-5)
-
-
-def test_analytic_flop_count_matches_flop_counter():
+def test_analytic_flop_count_matches_flop_counter(monkeypatch):
     """bench/bench_transformer.py counts the FLOPs of a forward analytically; torch's counter agrees."""
     import importlib.util
     import sys
@@ -181,10 +169,14 @@ def test_analytic_flop_count_matches_flop_counter():
     bench = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = bench  # its dataclass looks the module up
     spec.loader.exec_module(bench)
+    def plain_attention(q, k, v, scale):  # the counter does not see inside the fused CPU kernel
+        return (q @ k.transpose(-1, -2) * scale).softmax(-1) @ v
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", plain_attention)
     for overrides in ({}, {"downsample": False, "upsample": False}):
         model = tiny_model(**overrides)
         height, width, text_len = 8, 6, 7
         inputs = random_inputs(model, 2, height, width, text_len)
-        with FlopCounterMode(display=False) as counter, torch.no_grad():  # no autograd: attention as plain mm
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
             model(*inputs)
         assert bench.count_flops(dict(model.config), 2, height, width, text_len) == counter.get_total_flops()

@@ -126,20 +126,9 @@ class FeedForward(nn.Module):
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Non-causal softmax attention with q already scaled by 1/sqrt(head_dim): (B, S, H, d) -> (B, S, H*d).
-
-    On CPU without autograd it loops over batch items and heads, so that each (S, S) score matrix stays in
-    cache: about 2.5x faster than scaled_dot_product_attention there. Otherwise (GPU, training) SDPA.
-    """
-    if q.device.type != "cpu" or torch.is_grad_enabled():
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-        return F.scaled_dot_product_attention(q, k, v, scale=1.0).transpose(1, 2).flatten(2)
-    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    for b in range(q.shape[0]):
-        for h in range(q.shape[2]):
-            scores = q[b, :, h] @ k[b, :, h].T
-            torch.mm(scores.softmax(dim=-1), v[b, :, h], out=out[b, :, h])
-    return out.flatten(2)
+    """Non-causal softmax attention with q already scaled by 1/sqrt(head_dim): (B, S, H, d) -> (B, S, H*d)."""
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, S, d)
+    return F.scaled_dot_product_attention(q, k, v, scale=1.0).transpose(1, 2).flatten(2)
 
 
 def qk_tables(
