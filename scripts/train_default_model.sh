@@ -25,4 +25,6 @@ fi
     --limit 20000 --output "$runs/tokens8_32t1s"
 # Always resumed: a finished run only exports again (seconds); an export left by a shorter schedule is not final.
 "$meissonic" train --config configs/default_model/transformer8_32t1.yaml $(resume "$runs/transformer8_32t1s")
-"$python" scripts/package_default_model.py "$runs/transformer8_32t1s/export" --steps 16 --guidance-scale 3.0
+# Stage 2: the stage-1 transformer grown by four single-stream blocks (they start as the identity).
+"$meissonic" train --config configs/default_model/transformer8_32t1_deep.yaml $(resume "$runs/transformer8_32t1_deep")
+"$python" scripts/package_default_model.py "$runs/transformer8_32t1_deep/export" --steps 16 --guidance-scale 3.0
