@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import os
 import shutil
 from pathlib import Path
@@ -190,13 +189,16 @@ def merged_copy(model: nn.Module) -> nn.Module:
     return model
 
 
-def pretrained_sampling_defaults(pretrained: str | None) -> dict:
-    """`default_steps` / `default_guidance_scale` stored in a pretrained folder's model_index.json (those present)."""
-    index = Path(pretrained) / "model_index.json" if pretrained else None
-    if index is None or not index.is_file():
+def pretrained_sampling_defaults(pretrained: str) -> dict:
+    """`default_steps` / `default_guidance_scale` stored in a pretrained folder's model_index.json (those present;
+    none when the folder has no model_index.json)."""
+    from ..pipelines.loading import read_model_index
+
+    folder = Path(pretrained)
+    if not (folder / "model_index.json").is_file():
         return {}
-    stored = json.loads(index.read_text())
-    return {k: stored[k] for k in ("default_steps", "default_guidance_scale") if stored.get(k) is not None}
+    entries = read_model_index(folder)
+    return {k: entries[k] for k in ("default_steps", "default_guidance_scale") if entries.get(k) is not None}
 
 
 def export_pipeline(
