@@ -3,8 +3,11 @@ step =
 forward + backward + AdamW on a batch of random token grids and text states, bf16 autocast on CPU).
 
     python bench/bench_train.py [--steps 5] [--configs tiny-test tiny-128 tiny-256 tiny-256-compressed]
+                                [--checkpointing] [--compile]
 
-Each config runs in its own subprocess so peak memory is per config.
+Each config runs in its own subprocess so peak memory is per config. With --compile each config also runs with
+the transformer compiled in place (what `compile: true` in a training config does) and the speed-up is printed;
+`first_step_s` is the first step's time, which includes the compilation.
 """
 
 from __future__ import annotations
@@ -36,12 +39,12 @@ CONFIGS = {  # name: (transformer yaml, resolution / VQ factor 16 = token side, 
     "tiny-128": ("configs/train/tiny/stage1.yaml", 8, 16, {}),
     "tiny-256": ("configs/train/tiny/stage2.yaml", 16, 16, {}),
     "tiny-256-compressed": ("configs/train/tiny/stage3.yaml", 16, 16, {}),
-    "default-model": ("configs/default_model/transformer.yaml", 16, 16, {}),
+    "default-model": ("configs/default_model/transformer8_32t1_deep.yaml", 32, 16, {}),
     "paper-256": ("configs/train/paper/stage1.yaml", 16, 2, {}),
 }
 
 
-def measure(name: str, steps: int, checkpointing: bool) -> dict:
+def measure(name: str, steps: int, checkpointing: bool, compiled: bool = False) -> dict:
     import torch
 
     from meissonic.models import MeissonicTransformer2DModel
@@ -53,8 +56,10 @@ def measure(name: str, steps: int, checkpointing: bool) -> dict:
     model = MeissonicTransformer2DModel(**settings, timestep_convention="mask_ratio").train()
     if checkpointing:
         model.enable_gradient_checkpointing()
+    if compiled:
+        model.compile()
     optimizer = torch.optim.AdamW(decay_groups(model, 0.01), lr=1e-4)
-    text_len = 32 if name.startswith("tiny") else 77
+    text_len = 77 if name.startswith("paper") else 32
     tokens = torch.randint(0, settings["codebook_size"], (batch, side, side))
     states = torch.randn(batch, text_len, settings["joint_attention_dim"])
     pooled = torch.randn(batch, settings["pooled_projection_dim"])
@@ -76,8 +81,10 @@ def measure(name: str, steps: int, checkpointing: bool) -> dict:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if step:  # the first step warms up
+        if step:  # the first step warms up (and compiles)
             times.append(time.perf_counter() - start)
+        else:
+            first = time.perf_counter() - start
     seconds = sum(times) / len(times)
     return {
         "config": name,
@@ -87,6 +94,8 @@ def measure(name: str, steps: int, checkpointing: bool) -> dict:
         "s_per_step": round(seconds, 3),
         "tokens_per_s": round(batch * side * side / seconds),
         "checkpointing": checkpointing,
+        "compiled": compiled,
+        "first_step_s": round(first, 1),
         "peak_rss_MB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }
 
@@ -98,17 +107,24 @@ def main() -> None:
     )
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--checkpointing", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="also measure each config compiled")
     parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--compiled", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure(args.one, args.steps, args.checkpointing)))
+        print(json.dumps(measure(args.one, args.steps, args.checkpointing, args.compiled)))
         return
     for name in args.configs:
-        command = [sys.executable, __file__, "--one", name, "--steps", str(args.steps)]
-        if args.checkpointing:
-            command.append("--checkpointing")
-        output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-        print(output.strip().splitlines()[-1], flush=True)
+        results = []
+        for compiled in (False, True) if args.compile else (False,):
+            command = [sys.executable, __file__, "--one", name, "--steps", str(args.steps)]
+            command += ["--checkpointing"] * args.checkpointing + ["--compiled"] * compiled
+            output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+            results.append(json.loads(output.strip().splitlines()[-1]))
+            print(json.dumps(results[-1]), flush=True)
+        if len(results) == 2:
+            ratio = results[0]["s_per_step"] / results[1]["s_per_step"]
+            print(f"{name}: compiled is {ratio:.2f}x the eager speed", flush=True)
 
 
 if __name__ == "__main__":

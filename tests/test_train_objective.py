@@ -99,6 +99,22 @@ def test_gradient_checkpointing_gives_the_same_gradients(assets, tmp_path):
     torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)
 
 
+def test_compiled_training_matches_eager_and_keeps_checkpoint_keys(assets, tmp_path):
+    root, data, vq = assets
+    grads, keys = [], []
+    for compiled in (False, True):
+        config = tiny_train_config(tmp_path / str(compiled), data, vq, compile=compiled, mixed_precision="no")
+        trainer = Trainer(load_config(write_config(tmp_path / f"{compiled}.yaml", config)))
+        batch = next(trainer._loader())
+        noise = step_noise(0, 0, 4, 64, 0.1)
+        trainer.micro_step(batch, noise.masks, noise.drop).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in trainer.transformer.parameters() if p.grad is not None]))
+        keys.append(sorted(trainer.transformer.state_dict()))
+        assert (trainer.transformer._compiled_call_impl is not None) == compiled
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)
+    assert keys[0] == keys[1] and not any("_orig_mod" in k for k in keys[1])
+
+
 def test_stage3_chaining_adds_only_compression_layers(assets, tmp_path):
     root, data, vq = assets
     stage2 = tiny_train_config(tmp_path / "s2", data, vq, max_steps=2)

@@ -120,6 +120,7 @@ class TrainConfig:
     grad_accum: int = 1
     mixed_precision: str = "bf16"  # bf16 | no
     gradient_checkpointing: bool = False
+    compile: bool = False  # torch.compile the transformer in place (same weights and state-dict keys)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
@@ -169,7 +170,7 @@ class VQTrainConfig:
 
 
 # Settings that may change between a run and its resumption without changing what is trained.
-_RESUMABLE = {"max_steps", "checkpoint", "log", "validation", "run_dir", "eval_every"}
+_RESUMABLE = {"max_steps", "checkpoint", "log", "validation", "run_dir", "eval_every", "compile"}
 _RESUMABLE_DATA = {"num_workers"}
 
 

@@ -128,6 +128,9 @@ class Trainer:
             transformer = add_lora(transformer, config.lora)
         if config.gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
+        if config.compile:
+            # In place (nn.Module.compile): parameters, state-dict keys and checkpoints are those of the eager model.
+            transformer.compile()
         transformer.train()
         self.text_encoder.requires_grad_(train_te)
         self.text_encoder.train(train_te)
