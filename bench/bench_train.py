@@ -65,7 +65,7 @@ def measure(name: str, steps: int, checkpointing: bool, compiled: bool = False) 
     pooled = torch.randn(batch, settings["pooled_projection_dim"])
     micro = torch.tensor([[256.0, 256.0, 0.0, 0.0, 6.0]]).expand(batch, 5)
     times = []
-    warmup = 2  # a compiled model compiles again on its second call (dynamic shapes)
+    warmup = 2  # untimed steps: a compiled model may compile again on its first calls
     for step in range(steps + warmup):
         noise = step_noise(0, step, batch, side * side, 0.1)
         start = time.perf_counter()
