@@ -79,40 +79,32 @@ def test_no_decay_groups_hold_biases_norms_and_embeddings(assets, tmp_path):
     assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 0.01
 
 
-def test_gradient_checkpointing_gives_the_same_gradients(assets, tmp_path):
+def first_step_gradients(assets, folder, **changes) -> tuple[Trainer, torch.Tensor]:
+    """A float32 trainer with `changes` to the tiny config, after one backward pass on the first batch."""
     root, data, vq = assets
-    grads = []
-    for checkpointing in (False, True):
-        config = tiny_train_config(
-            tmp_path / str(checkpointing),
-            data,
-            vq,
-            **{"gradient_checkpointing": checkpointing, "mixed_precision": "no"},
-        )
-        trainer = Trainer(load_config(write_config(tmp_path / f"{checkpointing}.yaml", config)))
-        batch = next(trainer._loader())
-        noise = step_noise(0, 0, 4, 64, 0.1)
-        trainer.micro_step(batch, noise.masks, noise.drop).backward()
-        grads.append(
-            torch.cat([p.grad.flatten() for p in trainer.transformer.parameters() if p.grad is not None])
-        )
-    torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)
+    config = tiny_train_config(folder, data, vq, mixed_precision="no", **changes)
+    trainer = Trainer(load_config(write_config(folder.with_suffix(".yaml"), config)))
+    batch = next(trainer._loader())
+    noise = step_noise(0, 0, 4, 64, 0.1)
+    trainer.micro_step(batch, noise.masks, noise.drop).backward()
+    grads = torch.cat([p.grad.flatten() for p in trainer.transformer.parameters() if p.grad is not None])
+    return trainer, grads
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(assets, tmp_path):
+    _, eager = first_step_gradients(assets, tmp_path / "eager")
+    _, checkpointed = first_step_gradients(assets, tmp_path / "checkpointed", gradient_checkpointing=True)
+    torch.testing.assert_close(eager, checkpointed, atol=1e-5, rtol=1e-4)
 
 
 def test_compiled_training_matches_eager_and_keeps_checkpoint_keys(assets, tmp_path):
-    root, data, vq = assets
-    grads, keys = [], []
-    for compiled in (False, True):
-        config = tiny_train_config(tmp_path / str(compiled), data, vq, compile=compiled, mixed_precision="no")
-        trainer = Trainer(load_config(write_config(tmp_path / f"{compiled}.yaml", config)))
-        batch = next(trainer._loader())
-        noise = step_noise(0, 0, 4, 64, 0.1)
-        trainer.micro_step(batch, noise.masks, noise.drop).backward()
-        grads.append(torch.cat([p.grad.flatten() for p in trainer.transformer.parameters() if p.grad is not None]))
-        keys.append(sorted(trainer.transformer.state_dict()))
-        assert (trainer.transformer._compiled_call_impl is not None) == compiled
-    torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)
-    assert keys[0] == keys[1] and not any("_orig_mod" in k for k in keys[1])
+    eager_trainer, eager = first_step_gradients(assets, tmp_path / "eager")
+    compiled_trainer, compiled = first_step_gradients(assets, tmp_path / "compiled", compile=True)
+    assert eager_trainer.transformer._compiled_call_impl is None
+    assert compiled_trainer.transformer._compiled_call_impl is not None
+    torch.testing.assert_close(eager, compiled, atol=1e-5, rtol=1e-4)
+    keys = sorted(compiled_trainer.transformer.state_dict())
+    assert keys == sorted(eager_trainer.transformer.state_dict()) and not any("_orig_mod" in k for k in keys)
 
 
 def test_stage3_chaining_adds_only_compression_layers(assets, tmp_path):
