@@ -11,6 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from meissonic import MeissonicImg2ImgPipeline, MeissonicInpaintPipeline, MeissonicPipeline
 from meissonic.pipelines import CheckpointError
+from meissonic.sampling.options import SamplerOptions
 from meissonic.testing import build_tiny_pipeline_folder
 
 
@@ -313,3 +314,52 @@ def test_token_temperature_sharpens_the_draw(pipe):
     assert torch.equal(explicit, warm[0])  # 1 is the default
     with pytest.raises(ValueError, match="token_temperature"):
         pipe("a cat", token_temperature=0.0, **kwargs)
+
+
+def test_checkpoint_default_sampler(tiny_folder, tmp_path):
+    """A `default_sampler` in model_index.json is the text-to-image sampler when the call names none: guidance in
+    the first half of 4 steps runs the unconditional batch twice; an explicit sampler replaces it, single options
+    apply on top of it, and it survives save_pretrained / from_pipe. Edits keep vanilla decoding."""
+    folder = broken_copy(tiny_folder, tmp_path)
+    index = json.loads((folder / "model_index.json").read_text())
+    index.update(default_steps=4, default_guidance_scale=3.0, default_sampler={"guidance_interval": [0.0, 0.5]})
+    (folder / "model_index.json").write_text(json.dumps(index))
+    pipe = MeissonicPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.default_sampler_options == SamplerOptions(guidance_interval=(0.0, 0.5))
+
+    def batches(run):
+        calls, handle = transformer_inputs(pipe)
+        try:
+            run()
+        finally:
+            handle.remove()
+        return [tokens.shape[0] for tokens, _ in calls]
+
+    kwargs = dict(height=32, width=32)
+    assert batches(lambda: pipe("a cat", **kwargs)) == [2, 2, 1, 1]
+    assert batches(lambda: pipe("a cat", sampler="vanilla", **kwargs)) == [2, 2, 2, 2]
+    assert batches(lambda: pipe("a cat", guidance_interval=(0.0, 0.75), **kwargs)) == [2, 2, 2, 1]
+    kwargs.update(output_type="tokens")
+    default = pipe("a cat", generator=seeded(), **kwargs).images
+    on_top = pipe("a cat", generator=seeded(), token_temperature=1e-4, **kwargs).images
+    explicit = pipe("a cat", generator=seeded(), sampler="guidance_interval=0:0.5,token_temperature=1e-4",
+                    **kwargs).images
+    assert torch.equal(on_top, explicit) and not torch.equal(on_top, default)
+
+    pipe.save_pretrained(tmp_path / "saved")
+    saved = json.loads((tmp_path / "saved" / "model_index.json").read_text())
+    assert saved["default_sampler"] == {"guidance_interval": [0.0, 0.5]}
+    reloaded = MeissonicPipeline.from_pretrained(tmp_path / "saved")
+    assert reloaded.default_sampler_options == pipe.default_sampler_options
+    inpaint = MeissonicInpaintPipeline.from_pipe(pipe)
+    assert inpaint.default_sampler_options == pipe.default_sampler_options
+    image, mask = PIL.Image.new("RGB", (32, 32)), PIL.Image.new("L", (32, 32), 255)
+    assert batches(lambda: inpaint("a cat", image=image, mask_image=mask, num_inference_steps=4,
+                                   guidance_scale=3.0, generator=seeded())) == [2, 2, 2, 2]
+
+    assert MeissonicPipeline.from_pretrained(tiny_folder).default_sampler_options == SamplerOptions()
+    index["default_sampler"] = {"guidance_interval": [0.5, 0.2]}
+    (folder / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match="default_sampler: sampler option guidance_interval"):
+        MeissonicPipeline.from_pretrained(folder)

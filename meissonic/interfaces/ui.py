@@ -19,7 +19,7 @@ import numpy as np
 import PIL.Image
 
 from ..pipelines.base import MAX_SIDE
-from .server.options import SamplerOption, check_settings, sampler_options
+from .server.options import SamplerOption, check_settings, model_sampler_defaults, sampler_options, with_defaults
 from .server.service import GenerationService
 
 MAX_SEED = 2**31 - 1
@@ -104,9 +104,12 @@ class MeissonicUI:
         self.tasks = {task.name: task for task in tasks(pipeline)}
         classes = {"text2image": MeissonicPipeline, "img2img": MeissonicImg2ImgPipeline,
                    "inpaint": MeissonicInpaintPipeline}
-        defaults = sampler_defaults or {}  # e.g. the enhanced-inference flags of `meissonic ui`
-        self.options = {name: [dataclasses.replace(o, default=defaults[o.name]) if o.name in defaults else o
-                               for o in sampler_options(classes[task.pipeline])]
+        # initial values: the checkpoint's text-to-image sampler, then e.g. the enhanced-inference flags of
+        # `meissonic ui` (a --sampler preset among them replaces the checkpoint's sampler whole)
+        flags = sampler_defaults or {}
+        model = model_sampler_defaults(pipeline)
+        self.options = {name: with_defaults(sampler_options(classes[task.pipeline]),
+                                            {**(model if task.pipeline == "text2image" else {}), **flags})
                         for name, task in self.tasks.items()}
         self.controls: dict[str, dict[str, Any]] = {}  # task -> control name -> Gradio component (set by build_ui)
 

@@ -39,14 +39,16 @@ class MeissonicPipelineOutput(BaseOutput):
 
 
 # Settings a checkpoint may store in model_index.json beside its components (None: the released defaults).
-PIPELINE_SETTINGS = ("default_resolution", "default_steps", "default_guidance_scale")
+PIPELINE_SETTINGS = ("default_resolution", "default_steps", "default_guidance_scale", "default_sampler")
 RELEASED_STEPS, RELEASED_GUIDANCE = 48, 9.0
 
 
 class MeissonicPipelineBase(DiffusionPipeline):
     """Components: transformer, vqvae (diffusers VQModel), text_encoder (CLIPTextModelWithProjection), tokenizer
     (CLIPTokenizer), scheduler (MeissonicScheduler). Settings: `default_resolution` (the image side when no size
-    is given), `default_steps` and `default_guidance_scale` (text-to-image defaults; released: 48 and 9)."""
+    is given), `default_steps`, `default_guidance_scale` and `default_sampler` (text-to-image defaults; released:
+    48, 9 and vanilla decoding). `default_sampler` is stored as the SamplerOptions fields that differ from vanilla,
+    e.g. {"guidance_interval": [0.0, 0.5]}."""
 
     model_cpu_offload_seq = "text_encoder->transformer->vqvae"
 
@@ -60,11 +62,16 @@ class MeissonicPipelineBase(DiffusionPipeline):
         default_resolution: int | None = None,
         default_steps: int | None = None,
         default_guidance_scale: float | None = None,
+        default_sampler: SamplerOptions | str | dict | None = None,
     ):
         super().__init__()
         self.register_modules(
             transformer=transformer, vqvae=vqvae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler
         )
+        try:
+            sampler = resolve_sampler(default_sampler, {})
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"default_sampler: {error}") from None
         if default_resolution is None:  # released checkpoints: 1024 px with feature compression, 512 px without
             default_resolution = 1024 if transformer.config.downsample else 512
         self.register_to_config(
@@ -73,6 +80,7 @@ class MeissonicPipelineBase(DiffusionPipeline):
             default_guidance_scale=float(
                 RELEASED_GUIDANCE if default_guidance_scale is None else default_guidance_scale
             ),
+            default_sampler=sampler.changes(),
         )
 
     @property
@@ -85,6 +93,11 @@ class MeissonicPipelineBase(DiffusionPipeline):
         steps = self.config.default_steps if num_inference_steps is None else num_inference_steps
         guidance = self.config.default_guidance_scale if guidance_scale is None else guidance_scale
         return steps, guidance
+
+    @property
+    def default_sampler_options(self) -> SamplerOptions:
+        """The checkpoint's text-to-image sampler (`default_sampler`; vanilla decoding when it stores none)."""
+        return SamplerOptions.from_dict(self.config.default_sampler)
 
     @classmethod
     def from_pretrained(
@@ -381,11 +394,13 @@ class MeissonicPipelineBase(DiffusionPipeline):
             raise ValueError(f"got {len(generator)} generators for {batch} images; pass one per image or a single one")
 
 
-def resolve_sampler(sampler: SamplerOptions | str | dict | None, overrides: dict) -> SamplerOptions:
-    """The call's SamplerOptions: `sampler` (options, a "key=value,..." string or a dict; default vanilla) with
-    individual keyword arguments (e.g. noise_reg=2.0) applied on top."""
+def resolve_sampler(
+    sampler: SamplerOptions | str | dict | None, overrides: dict, default: SamplerOptions | None = None
+) -> SamplerOptions:
+    """The call's SamplerOptions: `sampler` (options, a "key=value,..." string or a dict; None: `default`, else
+    vanilla) with individual keyword arguments (e.g. noise_reg=2.0) applied on top."""
     if sampler is None:
-        options = SamplerOptions()
+        options = default or SamplerOptions()
     elif isinstance(sampler, SamplerOptions):
         options = sampler
     elif isinstance(sampler, str):

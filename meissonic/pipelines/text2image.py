@@ -42,7 +42,9 @@ class MeissonicPipeline(MeissonicPipelineBase):
         Gumbel temperature annealed from its first to its second value; micro-conditions are the aesthetic score,
         the crop (top, left) and the original (height, width), which defaults to the output size.
         output_type: "pil", "np", "pt" or "tokens" (the VQ token grids). Steps and guidance default to the
-        checkpoint's `default_steps` / `default_guidance_scale` (released: 48 and 9).
+        checkpoint's `default_steps` / `default_guidance_scale` (released: 48 and 9), `sampler` to its
+        `default_sampler` (released: vanilla; pass sampler="vanilla" for plain decoding); single sampler options
+        given as keyword arguments (e.g. token_temperature=0.8) apply on top of either.
         """
         num_inference_steps, guidance_scale = self.sampling_defaults(num_inference_steps, guidance_scale)
         height = self.config.default_resolution if height is None else height
@@ -51,7 +53,7 @@ class MeissonicPipeline(MeissonicPipelineBase):
         batch = prompt_count(prompt, prompt_embeds) * num_images_per_prompt
         self.check_common(num_inference_steps, guidance_scale, num_images_per_prompt, output_type, generator, batch)
 
-        options = resolve_sampler(sampler, sampler_options)
+        options = resolve_sampler(sampler, sampler_options, self.default_sampler_options)
         guided = options.needs_unconditional(guidance_scale)
         states, pooled, batch = self.conditioning(prompt, negative_prompt, num_images_per_prompt, guided,
                                                   prompt_embeds, negative_prompt_embeds)

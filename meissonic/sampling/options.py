@@ -115,11 +115,14 @@ class SamplerOptions:
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
+    def changes(self) -> dict:
+        """The fields that differ from vanilla (JSON-ready; `from_dict` of it gives these options back)."""
+        vanilla = SamplerOptions().to_dict()
+        return {k: v for k, v in self.to_dict().items() if v != vanilla[k]}
+
     def describe(self) -> str:
         """The fields that differ from vanilla, as "key=value,..." ("vanilla" when none)."""
-        vanilla = SamplerOptions().to_dict()
-        changed = [f"{k}={v}" for k, v in self.to_dict().items() if v != vanilla[k]]
-        return ",".join(changed) or "vanilla"
+        return ",".join(f"{k}={v}" for k, v in self.changes().items()) or "vanilla"
 
     # ----- per-step values ----------------------------------------------------------------------------------------
     def noise_sigma(self, step_index: int, num_steps: int) -> float:

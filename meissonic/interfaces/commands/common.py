@@ -45,7 +45,8 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, steps: int | None, g
 
 def add_enhance_arguments(parser: argparse.ArgumentParser) -> None:
     """Enhanced-inference flags (SPEC section 7), freely combined, and transformer quantization."""
-    group = parser.add_argument_group("enhanced inference (all combinable; default: vanilla sampling)")
+    group = parser.add_argument_group("enhanced inference (all combinable; default: the model's default_sampler "
+                                      "for text-to-image, vanilla for released models and for edits)")
     group.add_argument("--sampler", metavar="SPEC", help='a setting to start from: "vanilla", "published" '
                        '(noise reg. + differential + Z-sampling), "key=value,..." or a JSON file')
     group.add_argument("--published", action="store_true", help='the published combination (= --sampler published)')
@@ -86,12 +87,31 @@ _SAMPLER_FLAGS = {
 }
 
 
-def sampler_options(args: argparse.Namespace):
-    """SamplerOptions from the enhanced-inference flags (--sampler/--published first, single flags on top)."""
+def sampler_options(args: argparse.Namespace, default=None):
+    """SamplerOptions from the enhanced-inference flags: --sampler/--published (else `default`, e.g. the
+    checkpoint's text-to-image sampler, else vanilla) with the single flags on top."""
     from ...sampling.options import SamplerOptions
 
-    spec = "published" if getattr(args, "published", False) else getattr(args, "sampler", None)
-    options = SamplerOptions.parse(spec) if spec else SamplerOptions()
+    spec = _sampler_spec(args)
+    options = SamplerOptions.parse(spec) if spec else (default or SamplerOptions())
+    changes = _single_flag_fields(args)
+    return dataclasses.replace(options, **changes) if changes else options
+
+
+def sampler_settings(args: argparse.Namespace) -> dict:
+    """The SamplerOptions fields the enhanced-inference flags set (field -> value): every field of a
+    --sampler/--published spec, else only those of the single flags given (none: the model's sampler stands)."""
+    spec = _sampler_spec(args)
+    chosen = sampler_options(args)
+    names = [f.name for f in dataclasses.fields(chosen)] if spec else list(_single_flag_fields(args))
+    return {name: getattr(chosen, name) for name in names}
+
+
+def _sampler_spec(args: argparse.Namespace) -> str | None:
+    return "published" if getattr(args, "published", False) else getattr(args, "sampler", None)
+
+
+def _single_flag_fields(args: argparse.Namespace) -> dict:
     given = {flag: getattr(args, flag, None) for flag in _SAMPLER_FLAGS}
     changes = {_SAMPLER_FLAGS[flag]: value for flag, value in given.items() if value is not None}
     if getattr(args, "differential", None) is not None:
@@ -102,7 +122,7 @@ def sampler_options(args: argparse.Namespace):
         changes["guidance_interval"] = tuple(args.guidance_interval)
     if getattr(args, "halton", False):
         changes["order"] = "halton"
-    return dataclasses.replace(options, **changes) if changes else options
+    return changes
 
 
 def read_prompt_file(path: str) -> list[str]:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from .common import add_enhance_arguments, apply_quantization, sampler_options
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("target", choices=["world"], help="benchmark to run")
@@ -28,8 +30,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the prompt list and of generation")
     parser.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
     parser.add_argument("--guidance-scale", type=float, help="guidance scale (default: the model's)")
-    parser.add_argument("--token-temperature", type=float, default=1.0,
-                        help="divide the guided logits by this before drawing tokens (default 1)")
     parser.add_argument("--size", type=int, help="image height and width (default: the model's)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16")
@@ -45,9 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--hps-model", help="local CLIP-architecture preference model folder: also report HPS-style reward"
     )
+    add_enhance_arguments(parser)
 
 
-def _generate(pipe, tasks, args) -> list[Image.Image]:
+def _generate(pipe, tasks, args, sampler) -> list[Image.Image]:
     import torch
 
     images: list[Image.Image] = []
@@ -61,7 +62,7 @@ def _generate(pipe, tasks, args) -> list[Image.Image]:
             guidance_scale=args.guidance_scale,
             generator=[torch.Generator().manual_seed(args.seed + i) for i in range(start, start + len(batch))],
             output_type="pil",
-            token_temperature=args.token_temperature,
+            sampler=sampler,
         )
         images.extend(out.images)
         print(f"generated {len(images)}/{len(tasks)}", flush=True)
@@ -105,14 +106,18 @@ def run(args: argparse.Namespace) -> int:
         pipe = MeissonicPipeline.from_pretrained(args.model, torch_dtype=getattr(torch, args.dtype))
         args.steps, args.guidance_scale = pipe.sampling_defaults(args.steps, args.guidance_scale)
         args.size = pipe.config.default_resolution if args.size is None else args.size
+        sampler = sampler_options(args, pipe.default_sampler_options)
+        apply_quantization(pipe, args)
         pipe.set_progress_bar_config(disable=True)
-        images = _generate(pipe, tasks, args)
+        images = _generate(pipe, tasks, args, sampler)
         if args.save_images:
             _save(Path(args.save_images), tasks, images)
 
     results = score(images, tasks, chance_shifts=4)
     results["split"] = args.split
     results["settings"] = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "func"}
+    if pipe is not None:
+        results["settings"]["sampler_options"] = sampler.to_dict()
     vq = getattr(pipe, "vqvae", None)
     if vq is not None and args.vq_images > 0:
         from meissonic.eval.metrics import reconstruction_psnr

@@ -75,7 +75,7 @@ def run_bulk(args: argparse.Namespace) -> int:
     pipe = load_pipeline(args, MeissonicPipeline)
     pipe.set_progress_bar_config(disable=True)
     apply_quantization(pipe, args)
-    kwargs = {**sampling_kwargs(args), "sampler": sampler_options(args)}
+    kwargs = {**sampling_kwargs(args), "sampler": sampler_options(args, pipe.default_sampler_options)}
     with state.split_between_processes(list(range(len(prompts)))) as lines:
         for start in range(0, len(lines), args.batch_size):
             chunk = lines[start:start + args.batch_size]
@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     else:  # image i of the whole list uses seed + i
         gens = generators(args.seed, count)
     images = pipe(args.prompt, num_images_per_prompt=args.num_images, generator=gens,
-                  sampler=sampler_options(args), **sampling_kwargs(args)).images
+                  sampler=sampler_options(args, pipe.default_sampler_options), **sampling_kwargs(args)).images
     if args.grid:
         from ..grid import labelled_grid
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import common
-from .common import add_model_arguments, load_pipeline
+from .common import add_enhance_arguments, add_model_arguments, apply_quantization, load_pipeline, sampler_settings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,28 +19,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_memory_and_sampler_arguments(parser: argparse.ArgumentParser) -> None:
-    """The enhanced-inference flags (quantization; sampler settings used as defaults), where this version has them."""
-    add_enhance = getattr(common, "add_enhance_arguments", None)
-    if add_enhance is not None:
-        add_enhance(parser)
+    """The enhanced-inference flags: quantization, and sampler settings used as the controls' defaults."""
+    add_enhance_arguments(parser)
 
 
 def load_for_interface(args: argparse.Namespace):
     """The text-to-image pipeline as the model flags say, quantized if asked, and the sampler settings the flags
-    choose (option name -> value; only those that differ from vanilla sampling)."""
+    set (field -> value; see `sampler_settings`), to lay over the checkpoint's own sampler."""
     from ...pipelines import MeissonicPipeline
 
     pipe = load_pipeline(args, MeissonicPipeline)
-    quantize = getattr(common, "apply_quantization", None)
-    if quantize is not None:
-        quantize(pipe, args)
-    defaults: dict = {}
-    chosen = getattr(common, "sampler_options", None)
-    if chosen is not None:
-        options = chosen(args)
-        vanilla = type(options)()
-        defaults = {name: value for name, value in vars(options).items() if value != getattr(vanilla, name)}
-    return pipe, defaults
+    apply_quantization(pipe, args)
+    return pipe, sampler_settings(args)
 
 
 def build(args: argparse.Namespace):

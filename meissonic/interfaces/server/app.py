@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ...pipelines.base import MAX_SIDE
-from .options import check_settings, sampler_options
+from .options import check_settings, model_sampler_defaults, sampler_options, with_defaults
 from .service import GenerationService, QueueFull, TimedOut
 
 logger = logging.getLogger("meissonic.server")
@@ -223,8 +223,13 @@ def create_app(pipeline, settings: ServerSettings | None = None, service: Genera
         raise ValueError(f"max_size must be at least the stride {stride}")
     from ...pipelines import MeissonicImg2ImgPipeline, MeissonicInpaintPipeline, MeissonicPipeline
 
-    options = {"text2image": sampler_options(MeissonicPipeline), "img2img": sampler_options(MeissonicImg2ImgPipeline),
-               "inpaint": sampler_options(MeissonicInpaintPipeline)}
+    # a task's settings: the checkpoint's text-to-image sampler, the server's flags, then the request's `meissonic`
+    # object (a "preset" in the request starts from that preset instead of the checkpoint's sampler)
+    model_defaults = {"text2image": model_sampler_defaults(pipeline), "img2img": {}, "inpaint": {}}
+    classes = {"text2image": MeissonicPipeline, "img2img": MeissonicImg2ImgPipeline,
+               "inpaint": MeissonicInpaintPipeline}
+    options = {task: with_defaults(sampler_options(cls), {**model_defaults[task], **settings.sampler_defaults})
+               for task, cls in classes.items()}
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -281,7 +286,9 @@ def create_app(pipeline, settings: ServerSettings | None = None, service: Genera
             raise ApiError(400, f"steps = {request.steps} exceeds this server's limit of {settings.max_steps}",
                            "invalid_steps")
         try:
-            extras = check_settings(options[task], {**settings.sampler_defaults, **(request.meissonic or {})})
+            requested = request.meissonic or {}
+            base = {} if "preset" in requested else model_defaults[task]
+            extras = check_settings(options[task], {**base, **settings.sampler_defaults, **requested})
         except ValueError as error:
             raise ApiError(400, f"meissonic: {error}", "invalid_option") from None
         kwargs = dict(prompt=request.prompt, num_images_per_prompt=request.n, **extras)

@@ -196,6 +196,18 @@ def sampler_options(pipeline: Any) -> list[SamplerOption]:
     return options
 
 
+def with_defaults(options: list[SamplerOption], defaults: dict[str, Any]) -> list[SamplerOption]:
+    """`options` with the defaults (option name -> value) of those named in `defaults` replaced."""
+    return [dataclasses.replace(o, default=defaults[o.name]) if o.name in defaults else o for o in options]
+
+
+def model_sampler_defaults(pipeline: Any) -> dict[str, Any]:
+    """The text-to-image sampler settings a checkpoint stores (`default_sampler`), as option name -> value:
+    those that differ from vanilla decoding (none for released checkpoints, or without a pipeline)."""
+    chosen = getattr(pipeline, "default_sampler_options", None)
+    return {} if chosen is None else {name: getattr(chosen, name) for name in chosen.changes()}
+
+
 def check_settings(options: list[SamplerOption], settings: dict[str, Any]) -> dict[str, Any]:
     """Validate user settings (name -> value) against `options`; returns pipeline keyword arguments.
 
