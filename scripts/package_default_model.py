@@ -1,7 +1,8 @@
 """Copy a trained pipeline into the package as the embedded default model, with bfloat16 weights and its
-sampling defaults (steps, guidance) stored in model_index.json.
+sampling defaults (steps, guidance, sampler) stored in model_index.json.
 
 Usage: python scripts/package_default_model.py EXPORT_FOLDER [--vqvae FOLDER] [--steps N] [--guidance-scale G]
+       [--sampler SPEC]
 """
 
 from __future__ import annotations
@@ -25,8 +26,11 @@ def main() -> None:
     parser.add_argument("--vqvae", help="VQ folder replacing the pipeline's (a decoder fine-tuned on the same codes)")
     parser.add_argument("--steps", type=int, help="default steps (default: the export's own)")
     parser.add_argument("--guidance-scale", type=float, help="default guidance scale (default: the export's own)")
+    parser.add_argument("--sampler", help='default text-to-image sampler, e.g. "guidance_interval=0:0.5" '
+                        "(default: the export's own)")
     args = parser.parse_args()
-    settings = {"default_steps": args.steps, "default_guidance_scale": args.guidance_scale}
+    settings = {"default_steps": args.steps, "default_guidance_scale": args.guidance_scale,
+                "default_sampler": args.sampler}
     pipe = MeissonicPipeline.from_pretrained(
         args.export, torch_dtype=torch.bfloat16, **{k: v for k, v in settings.items() if v is not None}
     )

@@ -2,13 +2,14 @@
 
 import argparse
 import json
+import shutil
 
 import numpy as np
 import PIL.Image
 import pytest
 
 from meissonic.interfaces import cli
-from meissonic.interfaces.commands.common import add_enhance_arguments, sampler_options
+from meissonic.interfaces.commands.common import add_enhance_arguments, sampler_options, sampler_settings
 from meissonic.interfaces.commands.eval_compare import aggregate, paired_win_rate
 from meissonic.sampling.options import SamplerOptions
 from meissonic.testing import build_tiny_pipeline_folder
@@ -25,10 +26,27 @@ def eval_dispatcher(monkeypatch):
     monkeypatch.setitem(cli.SUBCOMMANDS, "eval", ("meissonic.interfaces.commands.eval", "evaluate"))
 
 
-def parse(argv):
+@pytest.fixture(scope="module")
+def model_with_default(model, tmp_path_factory):
+    """The tiny model with guidance in the first half of the steps as its stored text-to-image sampler."""
+    folder = tmp_path_factory.mktemp("cli") / "guided-early"
+    shutil.copytree(model, folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    index["default_sampler"] = {"guidance_interval": [0.0, 0.5]}
+    (folder / "model_index.json").write_text(json.dumps(index))
+    return str(folder)
+
+
+def parse(argv, default=None):
     parser = argparse.ArgumentParser()
     add_enhance_arguments(parser)
-    return sampler_options(parser.parse_args(argv))
+    return sampler_options(parser.parse_args(argv), default)
+
+
+def settings(argv):
+    parser = argparse.ArgumentParser()
+    add_enhance_arguments(parser)
+    return sampler_settings(parser.parse_args(argv))
 
 
 def test_flags_build_sampler_options():
@@ -41,6 +59,33 @@ def test_flags_build_sampler_options():
                                      guidance_schedule="linear", guidance_interval=(0.1, 0.9), order="halton",
                                      tome_ratio=0.25, tome_reuse=3, token_temperature=0.5)
     assert parse(["--sampler", "published", "--noise-reg", "1"]).noise_reg == 1.0
+
+
+def test_flags_start_from_the_model_sampler():
+    """No --sampler: the model's sampler with the single flags on top; --sampler replaces it whole."""
+    early = SamplerOptions(guidance_interval=(0.0, 0.5))
+    assert parse([], early) == early
+    assert parse(["--token-temperature", "0.5"], early) == SamplerOptions(guidance_interval=(0.0, 0.5),
+                                                                          token_temperature=0.5)
+    assert parse(["--sampler", "vanilla"], early) == SamplerOptions()
+    assert parse(["--guidance-interval", "0", "1"], early) == SamplerOptions()
+    # what the UI and the server lay over the model's sampler: only what the flags set, all of a --sampler spec
+    assert settings([]) == {}
+    assert settings(["--guidance-interval", "0", "1"]) == {"guidance_interval": (0.0, 1.0)}
+    assert settings(["--sampler", "vanilla"]) == vars(SamplerOptions())
+
+
+def test_generate_uses_the_model_sampler(model, model_with_default, tmp_path):
+    def image(folder, *flags):
+        out = tmp_path / f"{len(list(tmp_path.iterdir()))}.png"
+        assert cli.main(["generate", "a red circle", "--model", folder, "-o", str(out), "--steps", "4",
+                         "--guidance-scale", "3", *flags]) == 0
+        return np.asarray(PIL.Image.open(out))
+
+    stored = image(model_with_default)
+    assert np.array_equal(stored, image(model, "--guidance-interval", "0", "0.5"))
+    assert not np.array_equal(stored, image(model))
+    assert np.array_equal(image(model_with_default, "--sampler", "vanilla"), image(model))
 
 
 def test_generate_with_every_flag_and_int8(model, tmp_path):
@@ -146,6 +191,15 @@ def test_eval_world_still_routes(model, tmp_path, eval_dispatcher):
     code = cli.main(["eval", "world", "--model", model, "--num-prompts", "2", "--steps", "1", "--size", "32",
                      "--vq-images", "0", "--out", str(out)])
     assert code == 0 and json.loads(out.read_text())["num_tasks"] == 2
+
+
+def test_eval_world_records_and_uses_the_model_sampler(model_with_default, tmp_path, eval_dispatcher):
+    out = tmp_path / "world.json"
+    code = cli.main(["eval", "world", "--model", model_with_default, "--num-prompts", "2", "--steps", "2",
+                     "--size", "32", "--vq-images", "0", "--token-temperature", "0.5", "--out", str(out)])
+    assert code == 0
+    recorded = json.loads(out.read_text())["settings"]["sampler_options"]
+    assert recorded == SamplerOptions(guidance_interval=(0.0, 0.5), token_temperature=0.5).to_dict()
 
 
 def test_eval_world_images_do_not_depend_on_the_batch_size(model, tmp_path, eval_dispatcher):

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from meissonic.eval import psnr, reconstruction_psnr, relation_holds, score, ssim
+from meissonic.sampling.options import SamplerOptions
 from meissonic.world import COLOURS, Scene, heldout_tasks, render, training_tasks
 from meissonic.world.detect import Detection
 
@@ -243,6 +244,7 @@ class _FakePipeline:
     def __init__(self, scenes):
         self.scenes = scenes
         self.config = types.SimpleNamespace(default_steps=16, default_guidance_scale=4.0, default_resolution=256)
+        self.default_sampler_options = SamplerOptions(guidance_interval=(0.0, 0.5))
 
     def set_progress_bar_config(self, **kwargs):
         pass
@@ -256,9 +258,8 @@ class _FakePipeline:
         tasks = heldout_tasks(8, seed=5)
         return cls({t.text: t.scene for t in tasks})
 
-    def __call__(self, prompt, height, width, num_inference_steps, guidance_scale, generator, output_type,
-                 token_temperature):
-        assert output_type == "pil" and height == width == 256 and token_temperature == 1.0
+    def __call__(self, prompt, height, width, num_inference_steps, guidance_scale, generator, output_type, sampler):
+        assert output_type == "pil" and height == width == 256 and sampler == self.default_sampler_options
         return types.SimpleNamespace(images=[render(self.scenes[p], height) for p in prompt])
 
 

@@ -369,3 +369,24 @@ def test_serve_command_builds_the_app(folder, monkeypatch, is_embedded_model):
     assert is_embedded_model(embedded.state.service.pipeline)
     with pytest.raises(ValueError):
         serve.build_app(parser.parse_args(["--model", str(folder), "--concurrency", "0"]))
+
+
+def test_the_model_sampler_is_the_text2image_default(folder, url):
+    """A checkpoint's `default_sampler` applies to text-to-image requests that name no preset, below the request's
+    own settings, and shows as the default in /v1/options; edits keep vanilla decoding."""
+    from meissonic.pipelines import MeissonicPipeline
+
+    guided_early = MeissonicPipeline.from_pretrained(folder, default_sampler={"guidance_interval": (0.0, 0.5)})
+    fields = dict(seed=5, guidance_scale=3.0, steps=6)
+    with serving(create_app(guided_early, ServerSettings())) as base:
+        stored = generate(base, **fields).json()["data"][0]["b64_json"]
+        vanilla = generate(base, meissonic={"preset": "vanilla"}, **fields).json()["data"][0]["b64_json"]
+        on_top = generate(base, meissonic={"token_temperature": 0.5}, **fields).json()["data"][0]["b64_json"]
+        options = httpx.get(f"{base}/v1/options").json()
+    plain = {name: generate(url, meissonic=settings, **fields).json()["data"][0]["b64_json"] for name, settings in
+             (("default", {}), ("early", {"guidance_interval": [0.0, 0.5]}),
+              ("early+temperature", {"guidance_interval": [0.0, 0.5], "token_temperature": 0.5}))}
+    assert stored == plain["early"] != plain["default"]
+    assert vanilla == plain["default"] and on_top == plain["early+temperature"]
+    interval = {task: {o["name"]: o["default"] for o in options[task]}["guidance_interval"] for task in options}
+    assert interval == {"text2image": [0.0, 0.5], "img2img": [0.0, 1.0], "inpaint": [0.0, 1.0]}

@@ -10,6 +10,7 @@ from PIL import Image
 from test_train_helpers import tiny_train_config, write_config, write_imagefolder, write_tiny_vq
 
 from meissonic.pipelines import MeissonicPipeline
+from meissonic.sampling.options import SamplerOptions
 from meissonic.training.config import load_config
 from meissonic.training.train import Trainer
 
@@ -62,15 +63,22 @@ def test_export_samples_like_validation_and_fine_tunes_keep_their_defaults(asset
     data, vq = assets
     base = tiny_train_config(tmp_path / "base", data, vq, max_steps=1, **{
         "validation.num_inference_steps": 3, "validation.guidance_scale": 2.5,
+        "validation.sampler": "guidance_interval=0:0.5",
     })
     Trainer(load_config(write_config(tmp_path / "base.yaml", base))).run()
     base_export = tmp_path / "base" / "run" / "export"
-    assert MeissonicPipeline.from_pretrained(base_export).sampling_defaults(None, None) == (3, 2.5)
+    exported = MeissonicPipeline.from_pretrained(base_export)
+    assert exported.sampling_defaults(None, None) == (3, 2.5)
+    assert exported.default_sampler_options == SamplerOptions(guidance_interval=(0.0, 0.5))
 
     tuned = tiny_train_config(tmp_path / "tuned", data, vq, max_steps=1, **{
         "model": {"pretrained": str(base_export)}, "validation.num_inference_steps": 5,
-        "validation.guidance_scale": 7.0,
+        "validation.guidance_scale": 7.0, "validation.sampler": "token_temperature=0.5",
     })
     Trainer(load_config(write_config(tmp_path / "tuned.yaml", tuned))).run()
     index = json.loads((tmp_path / "tuned" / "run" / "export" / "model_index.json").read_text())
     assert (index["default_steps"], index["default_guidance_scale"]) == (3, 2.5)
+    assert index["default_sampler"] == {"guidance_interval": [0.0, 0.5]}
+    bad = {**tuned, "validation": {**tuned["validation"], "sampler": "guidance_interval=0.5:0.2"}}
+    with pytest.raises(ValueError, match="validation.sampler: sampler option guidance_interval"):
+        load_config(write_config(tmp_path / "bad.yaml", bad))

@@ -179,3 +179,20 @@ def test_ui_command(folder, is_embedded_model):
     assert demo.meissonic.max_size == 48 and demo.meissonic.controls["text2image"]["num_images"].maximum == 2
     embedded = command.build(parser.parse_args([]))  # no --model: the embedded default model
     assert is_embedded_model(embedded.meissonic.service.pipeline)
+
+
+def test_text2image_controls_start_at_the_model_sampler(folder):
+    """A checkpoint's `default_sampler` sets the text-to-image controls' initial values (the UI sends every control
+    as shown), the command's flags replace it, and the editing tabs keep vanilla decoding."""
+    from meissonic.pipelines import MeissonicPipeline
+    from meissonic.sampling.options import SamplerOptions
+
+    guided_early = MeissonicPipeline.from_pretrained(folder, default_sampler={"guidance_interval": (0.0, 0.5)})
+    ui = build_ui(guided_early).meissonic
+    start = {task: {o.name: o.default for o in options}["guidance_interval"] for task, options in ui.options.items()}
+    assert start == {"text2image": (0.0, 0.5), "img2img": (0.0, 1.0), "inpaint": (0.0, 1.0), "outpaint": (0.0, 1.0)}
+    values = {**defaults(ui.controls["text2image"]), "prompt": "a red circle"}
+    kwargs, _ = ui.pipeline_kwargs("text2image", values)
+    assert kwargs["sampler"] == SamplerOptions(guidance_interval=(0.0, 0.5))
+    flagged = MeissonicUI(guided_early, sampler_defaults=vars(SamplerOptions()))  # `meissonic ui --sampler vanilla`
+    assert {o.name: o.default for o in flagged.options["text2image"]}["guidance_interval"] == (0.0, 1.0)

@@ -190,15 +190,16 @@ def merged_copy(model: nn.Module) -> nn.Module:
 
 
 def pretrained_sampling_defaults(pretrained: str) -> dict:
-    """`default_steps` / `default_guidance_scale` stored in a pretrained folder's model_index.json (those present;
-    none when the folder has no model_index.json)."""
+    """`default_steps` / `default_guidance_scale` / `default_sampler` stored in a pretrained folder's
+    model_index.json (those present; none when the folder has no model_index.json)."""
     from ..pipelines.loading import read_model_index
 
     folder = Path(pretrained)
     if not (folder / "model_index.json").is_file():
         return {}
     entries = read_model_index(folder)
-    return {k: entries[k] for k in ("default_steps", "default_guidance_scale") if entries.get(k) is not None}
+    return {k: entries[k] for k in ("default_steps", "default_guidance_scale", "default_sampler")
+            if entries.get(k) is not None}
 
 
 def export_pipeline(
@@ -210,10 +211,12 @@ def export_pipeline(
     default_resolution: int | None = None,
     default_steps: int | None = None,
     default_guidance_scale: float | None = None,
+    default_sampler: str | dict | None = None,
 ) -> Path:
     """Write a released-layout folder (SPEC section 1) atomically through `MeissonicPipeline.save_pretrained`;
-    `default_resolution` (the training resolution) becomes the pipeline's default image side, and the two sampling
-    defaults the text-to-image defaults stored in model_index.json (None: the released 48 steps, guidance 9)."""
+    `default_resolution` (the training resolution) becomes the pipeline's default image side, and the sampling
+    defaults the text-to-image defaults stored in model_index.json (None: the released 48 steps, guidance 9,
+    vanilla decoding)."""
     from ..pipelines import MeissonicPipeline
     from ..sampling import MeissonicScheduler
 
@@ -229,6 +232,7 @@ def export_pipeline(
         default_resolution=default_resolution,
         default_steps=default_steps,
         default_guidance_scale=default_guidance_scale,
+        default_sampler=default_sampler,
     ).save_pretrained(str(tmp))
     if folder.exists():
         shutil.rmtree(folder)

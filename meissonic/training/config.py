@@ -101,13 +101,14 @@ class LogConfig:
 
 @dataclass
 class ValidationConfig:
-    """Sample grids during training. Steps and guidance are also the export's sampling defaults, unless the run
-    fine-tunes a `model.pretrained` checkpoint (which keeps its own)."""
+    """Sample grids during training. Steps, guidance and sampler are also the export's sampling defaults, unless
+    the run fine-tunes a `model.pretrained` checkpoint (which keeps its own)."""
 
     every: int = 0  # 0: never
     prompts: list[str] = field(default_factory=lambda: ["a photo of a cat"])
     num_inference_steps: int = 16
     guidance_scale: float = 4.0
+    sampler: str = "vanilla"  # SamplerOptions spec, e.g. "guidance_interval=0:0.5"
     resolution: int | None = None  # default: data.resolution
 
 
@@ -289,6 +290,13 @@ def validate(config: Any, source: str = "config") -> None:
         raise ValueError(f"{source}: optim.optimizer must be adamw or adamw8bit")
     if isinstance(config, TrainConfig) and not 0.0 <= config.objective.cfg_dropout <= 1.0:
         raise ValueError(f"{source}: objective.cfg_dropout must be in [0, 1]")
+    if isinstance(config, TrainConfig):
+        from ..sampling.options import SamplerOptions
+
+        try:
+            SamplerOptions.parse(config.validation.sampler)
+        except ValueError as error:
+            raise ValueError(f"{source}: validation.sampler: {error}") from None
 
 
 def to_dict(config: Any) -> dict:

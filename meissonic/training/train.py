@@ -457,11 +457,12 @@ class Trainer:
     def sampling_defaults(self) -> dict:
         """The export's text-to-image defaults: a fine-tuned checkpoint keeps those of `model.pretrained` (the
         released 48 steps and guidance 9 when it stores none); a model trained from scratch or chained from a stage
-        samples like the run's validation grids (`validation.num_inference_steps`, `validation.guidance_scale`)."""
+        samples like the run's validation grids (`validation.num_inference_steps`, `.guidance_scale`, `.sampler`)."""
         if self.config.model.pretrained:
             return pretrained_sampling_defaults(self.config.model.pretrained)
         cfg = self.config.validation
-        return {"default_steps": cfg.num_inference_steps, "default_guidance_scale": cfg.guidance_scale}
+        return {"default_steps": cfg.num_inference_steps, "default_guidance_scale": cfg.guidance_scale,
+                "default_sampler": cfg.sampler}
 
     def export(self, folder: str | Path | None = None) -> Path:
         folder = Path(folder) if folder else self.run_dir / "export"
@@ -497,6 +498,7 @@ class Trainer:
             guidance_scale=cfg.guidance_scale,
             generator=generator,
             output_type="pil",
+            sampler=cfg.sampler,
         ).images
         self.text_encoder.train(self.config.objective.train_text_encoder)
         path = self.run_dir / "samples" / f"step-{self.step:08d}.png"
