@@ -27,4 +27,5 @@ fi
 "$meissonic" train --config configs/default_model/transformer8_32t1.yaml $(resume "$runs/transformer8_32t1s")
 # Stage 2: the stage-1 transformer grown by four single-stream blocks (they start as the identity).
 "$meissonic" train --config configs/default_model/transformer8_32t1_deep.yaml $(resume "$runs/transformer8_32t1_deep")
-"$python" scripts/package_default_model.py "$runs/transformer8_32t1_deep/export" --steps 16 --guidance-scale 3.0
+"$python" scripts/package_default_model.py "$runs/transformer8_32t1_deep/export" --steps 16 --guidance-scale 3.0 \
+    --sampler "guidance_interval=0:0.5"
