@@ -66,6 +66,7 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(),
         "steps": steps,
         "guidance_scale": guidance,
+        "sampler": pipe.default_sampler_options.describe(),
         "size": config.default_resolution,
         "import_s": round(import_s, 2),
         "load_s": round(load_s, 2),
@@ -89,7 +90,7 @@ def main() -> None:
     results["cold_generate_command_s"] = round(cold_command(PROMPT, args.model), 2)
 
     print(f"default model: {config.default_resolution} px, {steps} steps, guidance {guidance}, "
-          f"{results['torch_threads']} threads")
+          f"sampler {results['sampler']}, {results['torch_threads']} threads")
     print(f"import {import_s:.2f} s, load {load_s:.2f} s")
     for batch, row in results["per_image_s"].items():
         print(f"batch {batch}: median {row['median_call_s']:.3f} s/call (best {row['best_call_s']:.3f}), "
