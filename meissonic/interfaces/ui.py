@@ -107,9 +107,8 @@ class MeissonicUI:
         # initial values: the checkpoint's text-to-image sampler, then e.g. the enhanced-inference flags of
         # `meissonic ui` (a --sampler preset among them replaces the checkpoint's sampler whole)
         flags = sampler_defaults or {}
-        model = model_sampler_defaults(pipeline)
         self.options = {name: with_defaults(sampler_options(classes[task.pipeline]),
-                                            {**(model if task.pipeline == "text2image" else {}), **flags})
+                                            {**model_sampler_defaults(pipeline, task.pipeline), **flags})
                         for name, task in self.tasks.items()}
         self.controls: dict[str, dict[str, Any]] = {}  # task -> control name -> Gradio component (set by build_ui)
 

@@ -39,7 +39,8 @@ class MeissonicPipelineOutput(BaseOutput):
 
 
 # Settings a checkpoint may store in model_index.json beside its components (None: the released defaults).
-PIPELINE_SETTINGS = ("default_resolution", "default_steps", "default_guidance_scale", "default_sampler")
+TEXT2IMAGE_SETTINGS = ("default_steps", "default_guidance_scale", "default_sampler")
+PIPELINE_SETTINGS = ("default_resolution", *TEXT2IMAGE_SETTINGS)
 RELEASED_STEPS, RELEASED_GUIDANCE = 48, 9.0
 
 

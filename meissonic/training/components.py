@@ -192,14 +192,14 @@ def merged_copy(model: nn.Module) -> nn.Module:
 def pretrained_sampling_defaults(pretrained: str) -> dict:
     """`default_steps` / `default_guidance_scale` / `default_sampler` stored in a pretrained folder's
     model_index.json (those present; none when the folder has no model_index.json)."""
+    from ..pipelines.base import TEXT2IMAGE_SETTINGS
     from ..pipelines.loading import read_model_index
 
     folder = Path(pretrained)
     if not (folder / "model_index.json").is_file():
         return {}
     entries = read_model_index(folder)
-    return {k: entries[k] for k in ("default_steps", "default_guidance_scale", "default_sampler")
-            if entries.get(k) is not None}
+    return {k: entries[k] for k in TEXT2IMAGE_SETTINGS if entries.get(k) is not None}
 
 
 def export_pipeline(

@@ -225,9 +225,9 @@ def create_app(pipeline, settings: ServerSettings | None = None, service: Genera
 
     # a task's settings: the checkpoint's text-to-image sampler, the server's flags, then the request's `meissonic`
     # object (a "preset" in the request starts from that preset instead of the checkpoint's sampler)
-    model_defaults = {"text2image": model_sampler_defaults(pipeline), "img2img": {}, "inpaint": {}}
     classes = {"text2image": MeissonicPipeline, "img2img": MeissonicImg2ImgPipeline,
                "inpaint": MeissonicInpaintPipeline}
+    model_defaults = {task: model_sampler_defaults(pipeline, task) for task in classes}
     options = {task: with_defaults(sampler_options(cls), {**model_defaults[task], **settings.sampler_defaults})
                for task, cls in classes.items()}
 

@@ -201,11 +201,14 @@ def with_defaults(options: list[SamplerOption], defaults: dict[str, Any]) -> lis
     return [dataclasses.replace(o, default=defaults[o.name]) if o.name in defaults else o for o in options]
 
 
-def model_sampler_defaults(pipeline: Any) -> dict[str, Any]:
-    """The text-to-image sampler settings a checkpoint stores (`default_sampler`), as option name -> value:
-    those that differ from vanilla decoding (none for released checkpoints, or without a pipeline)."""
-    chosen = getattr(pipeline, "default_sampler_options", None)
-    return {} if chosen is None else {name: getattr(chosen, name) for name in chosen.changes()}
+def model_sampler_defaults(pipeline: Any, task: str) -> dict[str, Any]:
+    """The sampler settings a checkpoint stores (`default_sampler`) for one of the pipelines ("text2image",
+    "img2img", "inpaint"), as option name -> value: those that differ from vanilla decoding. Only text-to-image
+    uses them (none for released checkpoints and for the editing pipelines)."""
+    if task != "text2image":
+        return {}
+    chosen = pipeline.default_sampler_options
+    return {name: getattr(chosen, name) for name in chosen.changes()}
 
 
 def check_settings(options: list[SamplerOption], settings: dict[str, Any]) -> dict[str, Any]:
