@@ -27,5 +27,9 @@ fi
 "$meissonic" train --config configs/default_model/transformer8_32t1.yaml $(resume "$runs/transformer8_32t1s")
 # Stage 2: the stage-1 transformer grown by four single-stream blocks (they start as the identity).
 "$meissonic" train --config configs/default_model/transformer8_32t1_deep.yaml $(resume "$runs/transformer8_32t1_deep")
-"$python" scripts/package_default_model.py "$runs/transformer8_32t1_deep/export" --steps 16 --guidance-scale 3.0 \
-    --sampler "guidance_interval=0:0.5"
+# Stage 3: the stage-2 model fine-tuned on its own correct samples (each paired with a training render).
+[ -f "$runs/self_samples/preencoded.json" ] || { rm -rf "$runs/self_samples" && \
+  "$meissonic" world self-samples --model "$runs/transformer8_32t1_deep/export" --out "$runs/self_samples" \
+    --num-prompts 3168 --seed 11; }
+"$meissonic" train --config configs/default_model/transformer8_32t1_rft.yaml $(resume "$runs/transformer8_32t1_rft")
+"$python" scripts/package_default_model.py "$runs/transformer8_32t1_rft/export"

@@ -3,6 +3,7 @@
 meissonic world render --out DIR --num 20000 --seed 0
 meissonic world sample --num 8 --split heldout
 meissonic world tokenizer --out DIR
+meissonic world self-samples --model FOLDER --out DIR --num-prompts 3200 --seed 11
 """
 
 from __future__ import annotations
@@ -27,6 +28,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sample.add_argument("--json", action="store_true", help="print the structured tasks as JSON lines")
     tokenizer = actions.add_parser("tokenizer", help="write a CLIP tokenizer with one token per caption word")
     tokenizer.add_argument("--out", required=True, help="tokenizer folder (vocab.json + merges.txt)")
+    own = actions.add_parser(
+        "self-samples",
+        help="preencoded shards of a model's own correct samples (detector-filtered) and as many training renders",
+    )
+    own.add_argument("--model", required=True, help="Meissonic checkpoint folder to sample with")
+    own.add_argument("--out", required=True, help="preencoded folder to write (must not exist)")
+    own.add_argument("--num-prompts", type=int, required=True, help="training-split prompts to sample")
+    own.add_argument("--seed", type=int, default=0, help="seed of the prompt list and of sampling")
+    own.add_argument("--render-seed", type=int, default=0, help="seed of the paired training renders")
+    own.add_argument("--batch-size", type=int, default=16)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
         )
         print(f"wrote {args.num} images and {path}")
         return 0
+    if args.action == "self-samples":
+        return _self_samples(args)
     if args.action == "tokenizer":
         from meissonic.world.tokenizer import write_world_tokenizer
 
@@ -56,4 +69,31 @@ def run(args: argparse.Namespace) -> int:
     tasks = (heldout_tasks if args.split == "heldout" else training_tasks)(args.num, args.seed)
     for task in tasks:
         print(json.dumps(task.to_dict()) if args.json else task.text)
+    return 0
+
+
+def _self_samples(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+    from diffusers import VQModel
+
+    from meissonic import MeissonicPipeline
+    from meissonic.training.self_samples import write_self_samples
+
+    out = Path(args.out)
+    if out.exists():
+        print(f"error: {out} exists; choose a new folder", file=sys.stderr)
+        return 2
+    pipe = MeissonicPipeline.from_pretrained(args.model, torch_dtype=torch.bfloat16)
+    pipe.set_progress_bar_config(disable=True)
+    vqvae = VQModel.from_pretrained(str(Path(args.model) / "vqvae"), torch_dtype=torch.float32).eval()
+
+    def progress(done: int, total: int, kept: int) -> None:
+        print(f"{done}/{total} prompts, {kept} kept", file=sys.stderr, flush=True)
+
+    index = write_self_samples(pipe, vqvae, out, args.num_prompts, args.seed, args.render_seed,
+                               args.batch_size, progress)
+    print(json.dumps(index["self_samples"]))
+    print(f"wrote {index['count']} rows to {out}")
     return 0

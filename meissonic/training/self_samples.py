@@ -1,0 +1,114 @@
+"""Reward-filtered self-samples of the world: training data made by a model from its own successes.
+
+A model samples images for training-split world prompts with its default sampler; the world detector scores
+each against its prompt, and only the token grids it reads as fully correct are kept (rejection sampling
+against an exact reward). Each kept grid is paired with a fresh training render, VQ-encoded, so that
+fine-tuning on the shards (`meissonic train`, data format `preencoded`) moves the model towards what it draws
+right while the renders keep it anchored to true shapes. Held-out compositions never enter: prompts come from
+`training_tasks` and renders from `training_example`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data import ShardWriter
+from ..eval.world import check_task
+from ..world import detect, render, training_example, training_tasks
+from .train import encode_ids, tokenize, vq_encode
+
+MICRO_CONDS = (256.0, 256.0, 0.0, 0.0, 6.0)  # what the world renders are encoded with: full size, no crop
+
+
+def _encode_text(tokenizer, text_encoder, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    with torch.no_grad():
+        states, pooled = encode_ids(text_encoder, tokenize(tokenizer, text_encoder, captions))
+    return states.to(torch.bfloat16), pooled.float()
+
+
+def _render_pixels(scenes: list, side: int) -> torch.Tensor:
+    arrays = [np.asarray(render(scene, side), dtype=np.float32) / 255.0 for scene in scenes]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+
+
+@torch.no_grad()
+def write_self_samples(
+    pipeline,
+    vqvae,
+    output: str | Path,
+    num_prompts: int,
+    seed: int = 0,
+    render_seed: int = 0,
+    batch_size: int = 16,
+    progress: Callable[[int, int, int], None] | None = None,
+) -> dict:
+    """Sample `num_prompts` training-split prompts with `pipeline`'s defaults, keep the correct grids, pair each
+    with a training render encoded by `vqvae` (float32), and write both as preencoded shards under `output`.
+
+    Image i of prompt list `training_tasks(num_prompts, seed)` is drawn with the generator seeded
+    `1_000_000 * seed + i`; render k is `training_example(k, render_seed)` under one of its captions, drawn
+    from `numpy.random.default_rng(seed)`. Returns the index, whose `self_samples` entry counts prompts and kept grids per task
+    type.
+    """
+    if num_prompts < 1:
+        raise ValueError(f"num_prompts must be >= 1, got {num_prompts}")
+    side = pipeline.config.default_resolution
+    tokenizer, text_encoder = pipeline.tokenizer, pipeline.text_encoder
+    grid = side // pipeline.vq_scale
+    meta = {
+        "version": 1,
+        "resolution": side,
+        "token_grid": [grid, grid],
+        "codebook_size": pipeline.vqvae.config.num_vq_embeddings,
+        "text": "embeddings",
+        "text_length": tokenize(tokenizer, text_encoder, [""]).shape[1],
+        "text_dim": text_encoder.config.hidden_size,
+        "pooled_dim": text_encoder.config.projection_dim,
+    }
+    writer = ShardWriter(output, meta)
+    micro = torch.tensor(MICRO_CONDS)
+    rng = np.random.default_rng(seed)
+
+    def add(tokens: torch.Tensor, captions: list[str]) -> None:
+        states, pooled = _encode_text(tokenizer, text_encoder, captions)
+        rows = {"tokens": tokens.to(torch.int16).cpu(), "micro_conds": micro.expand(len(captions), 5).clone(),
+                "text_states": states, "pooled": pooled}
+        writer.add(rows, captions)
+
+    tasks = training_tasks(num_prompts, seed)
+    prompts, kept = Counter(), Counter()
+    renders = 0
+    start = time.perf_counter()
+    for first in range(0, len(tasks), batch_size):
+        chunk = tasks[first:first + batch_size]
+        generators = [torch.Generator().manual_seed(1_000_000 * seed + first + j) for j in range(len(chunk))]
+        tokens = pipeline([t.text for t in chunk], height=side, width=side, generator=generators,
+                          output_type="tokens").images
+        images = (pipeline.decode_tokens(tokens).permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+        keep = [j for j, task in enumerate(chunk) if check_task(task, detect(images[j])).correct]
+        prompts.update(t.task_type for t in chunk)
+        kept.update(chunk[j].task_type for j in keep)
+        if keep:
+            add(tokens[keep], [chunk[j].text for j in keep])
+            scenes, captions = [], []
+            for _ in keep:
+                scene, options = training_example(renders, seed=render_seed)
+                renders += 1
+                scenes.append(scene)
+                captions.append(options[int(rng.integers(len(options)))])
+            add(vq_encode(vqvae, _render_pixels(scenes, side).to(next(vqvae.parameters()).device)), captions)
+        if progress is not None:
+            progress(first + len(chunk), len(tasks), sum(kept.values()))
+    states, pooled = _encode_text(tokenizer, text_encoder, [""])
+    writer.meta["self_samples"] = {
+        "prompts": dict(prompts), "kept": dict(kept), "renders": renders, "seed": seed,
+        "render_seed": render_seed, "seconds": round(time.perf_counter() - start, 1),
+    }
+    writer.close({"text_states": states.float(), "pooled": pooled.float()})
+    return dict(writer.meta, count=writer.count)
