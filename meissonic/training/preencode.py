@@ -11,6 +11,20 @@ from ..data import ImageTextDataset, ShardWriter, open_source
 from .train import encode_ids, tokenize, vq_downsample_factor, vq_encode
 
 
+def shard_meta(resolution: int, grid: int, codes: int, text: str, tokenizer, text_encoder) -> dict:
+    """What a preencoded folder's index records about its rows (`text`: "embeddings" or "ids")."""
+    return {
+        "version": 1,
+        "resolution": resolution,
+        "token_grid": [grid, grid],
+        "codebook_size": codes,
+        "text": text,
+        "text_length": tokenize(tokenizer, text_encoder, [""]).shape[1],
+        "text_dim": text_encoder.config.hidden_size,
+        "pooled_dim": text_encoder.config.projection_dim,
+    }
+
+
 @torch.no_grad()
 def preencode(
     dataset: ImageTextDataset,
@@ -38,16 +52,7 @@ def preencode(
     factor = vq_downsample_factor(vqvae)
     grid = dataset.resolution // factor
     codes = vqvae.config.num_vq_embeddings
-    meta = {
-        "version": 1,
-        "resolution": dataset.resolution,
-        "token_grid": [grid, grid],
-        "codebook_size": codes,
-        "text": text,
-        "text_length": tokenize(tokenizer, text_encoder, [""]).shape[1],
-        "text_dim": text_encoder.config.hidden_size,
-        "pooled_dim": text_encoder.config.projection_dim,
-    }
+    meta = shard_meta(dataset.resolution, grid, codes, text, tokenizer, text_encoder)
     writer = ShardWriter(output, meta, shard_size)
     token_dtype = torch.int16 if codes <= 2**15 else torch.int32
     skipped = 0

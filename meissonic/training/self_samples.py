@@ -21,6 +21,7 @@ import torch
 from ..data import ShardWriter
 from ..eval.world import check_task
 from ..world import detect, render, training_example, training_tasks
+from .preencode import shard_meta
 from .train import encode_ids, tokenize, vq_encode
 
 MICRO_CONDS = (256.0, 256.0, 0.0, 0.0, 6.0)  # what the world renders are encoded with: full size, no crop
@@ -53,24 +54,15 @@ def write_self_samples(
 
     Image i of prompt list `training_tasks(num_prompts, seed)` is drawn with the generator seeded
     `1_000_000 * seed + i`; render k is `training_example(k, render_seed)` under one of its captions, drawn
-    from `numpy.random.default_rng(seed)`. Returns the index, whose `self_samples` entry counts prompts and kept grids per task
-    type.
+    from `numpy.random.default_rng(seed)`. Returns the index, whose `self_samples` entry counts prompts and kept
+    grids per task type.
     """
     if num_prompts < 1:
         raise ValueError(f"num_prompts must be >= 1, got {num_prompts}")
     side = pipeline.config.default_resolution
     tokenizer, text_encoder = pipeline.tokenizer, pipeline.text_encoder
-    grid = side // pipeline.vq_scale
-    meta = {
-        "version": 1,
-        "resolution": side,
-        "token_grid": [grid, grid],
-        "codebook_size": pipeline.vqvae.config.num_vq_embeddings,
-        "text": "embeddings",
-        "text_length": tokenize(tokenizer, text_encoder, [""]).shape[1],
-        "text_dim": text_encoder.config.hidden_size,
-        "pooled_dim": text_encoder.config.projection_dim,
-    }
+    codes = pipeline.vqvae.config.num_vq_embeddings
+    meta = shard_meta(side, side // pipeline.vq_scale, codes, "embeddings", tokenizer, text_encoder)
     writer = ShardWriter(output, meta)
     micro = torch.tensor(MICRO_CONDS)
     rng = np.random.default_rng(seed)
