@@ -24,12 +24,9 @@ from ..world import detect, render, training_example, training_tasks
 from .preencode import shard_meta
 from .train import encode_ids, tokenize, vq_encode
 
-MICRO_CONDS = (256.0, 256.0, 0.0, 0.0, 6.0)  # what the world renders are encoded with: full size, no crop
-
 
 def _encode_text(tokenizer, text_encoder, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    with torch.no_grad():
-        states, pooled = encode_ids(text_encoder, tokenize(tokenizer, text_encoder, captions))
+    states, pooled = encode_ids(text_encoder, tokenize(tokenizer, text_encoder, captions))
     return states.to(torch.bfloat16), pooled.float()
 
 
@@ -64,7 +61,7 @@ def write_self_samples(
     codes = pipeline.vqvae.config.num_vq_embeddings
     meta = shard_meta(side, side // pipeline.vq_scale, codes, "embeddings", tokenizer, text_encoder)
     writer = ShardWriter(output, meta)
-    micro = torch.tensor(MICRO_CONDS)
+    micro = torch.tensor([side, side, 0.0, 0.0, 6.0])  # as world renders are encoded: full image, no crop
     rng = np.random.default_rng(seed)
 
     def add(tokens: torch.Tensor, captions: list[str]) -> None:
