@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 from diffusers import VQModel
@@ -14,6 +13,7 @@ from meissonic.data import PreencodedSource
 from meissonic.eval.world import check_task
 from meissonic.interfaces.cli import main
 from meissonic.interfaces.commands.common import default_model_folder
+from meissonic.pipelines.images import images_to_tensor
 from meissonic.training.self_samples import write_self_samples
 from meissonic.training.train import vq_encode
 from meissonic.world import detect, render, training_example, training_tasks
@@ -41,7 +41,7 @@ def test_keeps_exactly_the_correct_grids_and_pairs_each_with_a_render(pipe, vqva
     generators = [torch.Generator().manual_seed(1_000_000 * SEED + i) for i in range(PROMPTS)]
     tokens = torch.cat([pipe([t.text for t in tasks[s:s + 5]], generator=generators[s:s + 5],
                              output_type="tokens").images for s in range(0, PROMPTS, 5)])
-    images = np.round(pipe.decode_tokens(tokens).permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8)
+    images = pipe.to_output(tokens, "pil").images
     correct = [i for i, task in enumerate(tasks) if check_task(task, detect(images[i])).correct]
     assert 0 < len(correct) < PROMPTS  # the filter has something to keep and something to drop
 
@@ -63,7 +63,7 @@ def test_keeps_exactly_the_correct_grids_and_pairs_each_with_a_render(pipe, vqva
     assert [captions[i] for i in own] == [tasks[i].text for i in correct]
 
     scene, options = training_example(0, seed=0)
-    pixels = torch.from_numpy(np.asarray(render(scene), dtype=np.float32) / 255).permute(2, 0, 1)[None]
+    pixels = images_to_tensor(render(scene), 256, 256)
     assert torch.equal(rows[renders[0]]["tokens"].long(), vq_encode(vqvae, pixels)[0])
     assert captions[renders[0]] in options
     assert source.empty() is not None

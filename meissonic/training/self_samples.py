@@ -20,6 +20,7 @@ import torch
 
 from ..data import ShardWriter
 from ..eval.world import check_task
+from ..pipelines.images import images_to_tensor
 from ..world import detect, render, training_example, training_tasks
 from .preencode import shard_meta
 from .train import encode_ids, tokenize, vq_encode
@@ -28,11 +29,6 @@ from .train import encode_ids, tokenize, vq_encode
 def _encode_text(tokenizer, text_encoder, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     states, pooled = encode_ids(text_encoder, tokenize(tokenizer, text_encoder, captions))
     return states.to(torch.bfloat16), pooled.float()
-
-
-def _render_pixels(scenes: list, side: int) -> torch.Tensor:
-    arrays = [np.asarray(render(scene, side), dtype=np.float32) / 255.0 for scene in scenes]
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
 
 
 @torch.no_grad()
@@ -79,7 +75,7 @@ def write_self_samples(
         generators = [torch.Generator().manual_seed(1_000_000 * seed + first + j) for j in range(len(chunk))]
         tokens = pipeline([t.text for t in chunk], height=side, width=side, generator=generators,
                           output_type="tokens").images
-        images = (pipeline.decode_tokens(tokens).permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+        images = pipeline.to_output(tokens, "pil").images  # what `meissonic eval world` scores
         keep = [j for j, task in enumerate(chunk) if check_task(task, detect(images[j])).correct]
         prompts.update(t.task_type for t in chunk)
         kept.update(chunk[j].task_type for j in keep)
@@ -91,7 +87,8 @@ def write_self_samples(
                 renders += 1
                 scenes.append(scene)
                 captions.append(options[int(rng.integers(len(options)))])
-            add(vq_encode(vqvae, _render_pixels(scenes, side).to(next(vqvae.parameters()).device)), captions)
+            pixels = images_to_tensor([render(scene, side) for scene in scenes], side, side)
+            add(vq_encode(vqvae, pixels.to(next(vqvae.parameters()).device)), captions)
         if progress is not None:
             progress(first + len(chunk), len(tasks), sum(kept.values()))
     states, pooled = _encode_text(tokenizer, text_encoder, [""])
