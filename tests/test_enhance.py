@@ -44,6 +44,7 @@ def record_calls(module):
     ({"order": "random"}, "order"), ({"tome_ratio": 1.0}, "tome_ratio"), ({"tome_reuse": 0}, "tome_reuse"),
     ({"zigzag_guidance": math.nan}, "zigzag_guidance"), ({"token_temperature": 0.0}, "token_temperature"),
     ({"token_temperature": math.inf}, "token_temperature"), ({"token_temperature": True}, "token_temperature"),
+    ({"early_steps": 0.0}, "early_steps"), ({"early_steps": 1.0}, "early_steps"), ({"early_steps": "a"}, "early_steps"),
 ])
 def test_bad_options_name_the_option(kwargs, name):
     with pytest.raises(ValueError, match=name):
@@ -87,6 +88,28 @@ def test_guidance_schedules_and_interval():
     window = SamplerOptions(guidance_interval=(0.2, 0.6))
     assert [window.guidance_at(i, 5, 9.0) for i in range(5)] == [1.0, 9.0, 9.0, 1.0, 1.0]
     assert constant.guidance_at(0, 5, 0.5) == 1.0  # scales <= 1 mean no guidance, as in vanilla
+
+
+def test_early_steps_decode_the_first_half_of_the_schedule_in_that_fraction_of_the_steps(pipe):
+    """With early_steps=2/3 and 24 steps, step 16 leaves exactly the tokens the plain schedule leaves halfway
+    (cos(pi/4) of the grid), every step commits at least one token, and the first steps commit fewer tokens than
+    the plain schedule's; 0.5 is the plain schedule bit for bit."""
+    def masked_after_each_step(**options):
+        counts = []
+        def count(pipeline, step, timestep, tensors):
+            counts.append(int((tensors["tokens"] == pipe.transformer.mask_token_id).sum()))
+        grid = pipe("a red circle", height=128, width=128, num_inference_steps=24, guidance_scale=1.0,
+                    output_type="tokens", generator=seeded(0), callback_on_step_end=count, **options).images
+        return counts, grid
+
+    size = 32 * 32  # 128 px at the tiny VQ's scale 4
+    (plain, default), (early, _) = masked_after_each_step(), masked_after_each_step(early_steps=2 / 3)
+    assert plain == [math.floor(size * math.cos(math.pi / 2 * (i + 1) / 24)) for i in range(23)] + [0]
+    assert early[15] == math.floor(size * math.cos(math.pi / 4)) == plain[11]
+    assert all(a > b for a, b in zip([size] + early[:-1], early, strict=True))  # progress at every step
+    assert all(e >= p for e, p in zip(early[:15], plain[:15], strict=True))  # finer early steps
+    assert early[-1] == 0 and sum(e > p for e, p in zip(early, plain, strict=True)) >= 15
+    assert torch.equal(default, masked_after_each_step(early_steps=0.5)[1])
 
 
 # ----- vanilla equivalence and composition ------------------------------------------------------------------------

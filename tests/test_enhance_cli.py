@@ -54,10 +54,10 @@ def test_flags_build_sampler_options():
     assert parse(["--published"]) == SamplerOptions.published()
     options = parse(["--noise-reg", "--differential", "0.5", "--zigzag", "--guidance-schedule", "linear",
                      "--guidance-interval", "0.1", "0.9", "--halton", "--tome", "--tome-reuse", "3",
-                     "--token-temperature", "0.5"])
+                     "--token-temperature", "0.5", "--early-steps", "0.6"])
     assert options == SamplerOptions(noise_reg=2.0, differential=True, differential_fraction=0.5, zigzag=True,
                                      guidance_schedule="linear", guidance_interval=(0.1, 0.9), order="halton",
-                                     tome_ratio=0.25, tome_reuse=3, token_temperature=0.5)
+                                     tome_ratio=0.25, tome_reuse=3, token_temperature=0.5, early_steps=0.6)
     assert parse(["--sampler", "published", "--noise-reg", "1"]).noise_reg == 1.0
 
 

@@ -13,14 +13,14 @@ MASK = 31
 
 
 def run(scheduler, batch, height, width, steps, seed=0, classes=16, schedule=None, start=1.0, tokens=None,
-        record=None):
+        record=None, early_steps=0.5):
     generator = torch.Generator().manual_seed(seed)
     logits_gen = torch.Generator().manual_seed(seed + 1)
     sample = torch.full((batch, height, width), MASK) if tokens is None else tokens.clone()
     for i in range(steps):
         logits = torch.randn(batch, classes, height, width, generator=logits_gen)
         sample = scheduler.step(logits, i, steps, sample, generator=generator, masking_schedule=schedule,
-                                starting_mask_ratio=start).prev_sample
+                                starting_mask_ratio=start, early_steps=early_steps).prev_sample
         if record is not None:
             record.append((sample == MASK).flatten(1).sum(-1))
     return sample
@@ -28,15 +28,18 @@ def run(scheduler, batch, height, width, steps, seed=0, classes=16, schedule=Non
 
 @settings(max_examples=40, deadline=None)
 @given(batch=st.integers(1, 3), height=st.integers(1, 6), width=st.integers(1, 6), steps=st.integers(1, 12),
-       schedule=st.sampled_from(["cosine", "linear"]))
-def test_masked_counts_follow_the_schedule(batch, height, width, steps, schedule):
+       schedule=st.sampled_from(["cosine", "linear"]), early_steps=st.sampled_from([0.5, 0.25, 2 / 3, 0.9]))
+def test_masked_counts_follow_the_schedule(batch, height, width, steps, schedule, early_steps):
     scheduler = MeissonicScheduler(mask_token_id=MASK)
     seq_len = height * width
     counts = []
-    final = run(scheduler, batch, height, width, steps, schedule=schedule, record=counts)
+    final = run(scheduler, batch, height, width, steps, schedule=schedule, record=counts, early_steps=early_steps)
     previous = torch.full((batch,), seq_len)
     for i, count in enumerate(counts[:-1]):
-        target = math.floor(seq_len * float(mask_ratio((i + 1) / steps, schedule)))
+        fraction = (i + 1) / steps  # the first early_steps of the steps cover the first half of the schedule
+        progress = fraction * 0.5 / early_steps if fraction <= early_steps else \
+            0.5 + 0.5 * (fraction - early_steps) / (1 - early_steps)
+        target = math.floor(seq_len * float(mask_ratio(progress, schedule)))
         expected = torch.clamp(torch.minimum(torch.tensor(target), previous - 1), min=1)
         expected = torch.where(previous > 0, expected, torch.zeros_like(expected))
         assert torch.equal(count, expected), (i, count, expected)

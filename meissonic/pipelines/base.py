@@ -314,7 +314,7 @@ class MeissonicPipelineBase(DiffusionPipeline):
             current = self.scheduler.step(
                 logits, step, num_inference_steps, current, generator=generator, temperature=temperature,
                 starting_mask_ratio=starting_mask_ratio, masking_schedule=masking_schedule,
-                draw_probs=draw_probs, priority=priority,
+                early_steps=options.early_steps, draw_probs=draw_probs, priority=priority,
             ).prev_sample
             return current, probs, logits
 

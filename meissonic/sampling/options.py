@@ -32,6 +32,8 @@ class SamplerOptions:
         `tome_reuse` blocks share one merge plan; `tome_seed` seeds the random destination in each 2x2 window.
     token_temperature: the guided logits are divided by it before the tokens are drawn and their confidence is
         taken (1: the reference sampler; below 1: fewer draws from the tails of the distribution).
+    early_steps: the fraction of the steps that decodes the first half of the mask schedule, where the layout is
+        decided (0.5: the plain schedule; above: fewer tokens committed per early step).
     """
 
     noise_reg: float = 0.0
@@ -46,6 +48,7 @@ class SamplerOptions:
     tome_reuse: int = 5
     tome_seed: int = 0
     token_temperature: float = 1.0
+    early_steps: float = 0.5
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "guidance_interval", tuple(float(v) for v in self.guidance_interval))
@@ -70,6 +73,8 @@ class SamplerOptions:
         _check(not isinstance(self.token_temperature, bool) and isinstance(self.token_temperature, (int, float))
                and 0 < self.token_temperature < math.inf, "token_temperature", "a finite number > 0",
                self.token_temperature)
+        _check(not isinstance(self.early_steps, bool) and isinstance(self.early_steps, (int, float))
+               and 0.0 < self.early_steps < 1.0, "early_steps", "a fraction in (0, 1)", self.early_steps)
 
     # ----- construction -------------------------------------------------------------------------------------------
     @classmethod

@@ -14,7 +14,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 
-from .schedules import MASKING_SCHEDULES, countdown_timesteps, mask_ratio, temperatures
+from .schedules import MASKING_SCHEDULES, countdown_timesteps, mask_ratio, schedule_progress, temperatures
 
 
 @dataclass
@@ -86,9 +86,14 @@ class MeissonicScheduler(SchedulerMixin, ConfigMixin):
         seq_len: int,
         starting_mask_ratio: torch.Tensor | float = 1.0,
         masking_schedule: str | None = None,
+        early_steps: float = 0.5,
     ) -> torch.Tensor:
-        """How many tokens step `step_index` leaves masked (before clamping to the masked count): (B,) or ()."""
-        ratio = mask_ratio((step_index + 1) / num_inference_steps, masking_schedule or self.config.masking_schedule)
+        """How many tokens step `step_index` leaves masked (before clamping to the masked count): (B,) or ().
+
+        `early_steps`: the fraction of the steps that covers the first half of the schedule (`schedule_progress`).
+        """
+        progress = schedule_progress((step_index + 1) / num_inference_steps, early_steps)
+        ratio = mask_ratio(progress, masking_schedule or self.config.masking_schedule)
         start = torch.as_tensor(starting_mask_ratio, dtype=torch.float64)
         return torch.floor(seq_len * ratio * start).long()
 
@@ -119,6 +124,7 @@ class MeissonicScheduler(SchedulerMixin, ConfigMixin):
         temperature: tuple[float, float] | float = (2.0, 0.0),
         starting_mask_ratio: torch.Tensor | float = 1.0,
         masking_schedule: str | None = None,
+        early_steps: float = 0.5,
         draw_probs: torch.Tensor | None = None,
         priority: torch.Tensor | None = None,
         return_dict: bool = True,
@@ -128,7 +134,8 @@ class MeissonicScheduler(SchedulerMixin, ConfigMixin):
         model_output: logits (B, C, H, W) (after guidance); sample: current tokens (B, H, W) with mask ids;
         step_index: 0 .. num_inference_steps-1; temperature: (start, end) of the Gumbel temperature, annealed
         linearly over the steps (a single number t means (t, 0.01) as in aMUSEd); starting_mask_ratio: scale of
-        the mask schedule, per sample (B,) or global (inpainting uses the masked fraction).
+        the mask schedule, per sample (B,) or global (inpainting uses the masked fraction); early_steps: the
+        fraction of the steps spent on the first half of the schedule (0.5: the plain schedule).
         draw_probs: optional (B, N, C) distributions to draw the tokens from instead of softmax(model_output)
         (differential sampling); the confidence still uses softmax(model_output).
         priority: optional (B, N) fixed unmasking priority replacing the Gumbel-perturbed confidence (higher is
@@ -154,7 +161,7 @@ class MeissonicScheduler(SchedulerMixin, ConfigMixin):
         else:
             num_masked = unknown.sum(-1)
             k = self.num_masked_after(step_index, num_inference_steps, seq_len, starting_mask_ratio,
-                                      masking_schedule).to(sample.device).expand(batch)
+                                      masking_schedule, early_steps).to(sample.device).expand(batch)
             k = torch.minimum(k, num_masked - 1).clamp(min=1)
             k = torch.where(num_masked > 0, k, torch.zeros_like(k))  # nothing left to decide
             if priority is None:

@@ -22,6 +22,21 @@ def mask_ratio(progress: torch.Tensor | float, schedule: str = "cosine") -> torc
     raise ValueError(f"unknown masking schedule {schedule!r}; choose one of {MASKING_SCHEDULES}")
 
 
+def schedule_progress(step_fraction: torch.Tensor | float, early_steps: float = 0.5) -> torch.Tensor:
+    """Progress through the mask schedule after a fraction `step_fraction` of the steps.
+
+    The first `early_steps` of the steps cover the first half of the progress, the rest the second half
+    (piecewise linear); 0.5 is the plain schedule. Above 0.5 the early steps, where the layout of the image is
+    decided, each commit fewer tokens (docs/default_model.md measures 2/3 against 0.5).
+    """
+    if not 0.0 < early_steps < 1.0:
+        raise ValueError(f"early_steps must be in (0, 1), got {early_steps!r}")
+    step_fraction = torch.as_tensor(step_fraction, dtype=torch.float64)
+    early = 0.5 * step_fraction / early_steps
+    late = 0.5 + 0.5 * (step_fraction - early_steps) / (1.0 - early_steps)
+    return torch.where(step_fraction <= early_steps, early, late)
+
+
 def temperatures(num_steps: int, start: float = 2.0, end: float = 0.0) -> torch.Tensor:
     """Gumbel temperature of each step, annealed linearly from `start` to `end` over the steps."""
     return torch.linspace(start, end, num_steps, dtype=torch.float64)

@@ -67,6 +67,9 @@ def add_enhance_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--token-temperature", type=float, metavar="T",
                        help="divide the guided logits by T before drawing tokens (default 1, the reference "
                             "sampler; below 1: fewer unlikely tokens)")
+    group.add_argument("--early-steps", type=float, metavar="FRACTION",
+                       help="fraction of the steps that decodes the first half of the mask schedule (default 0.5, "
+                            "the plain schedule; above: finer early steps, where the layout is decided)")
     quant = parser.add_argument_group("quantization")
     quant.add_argument("--quantize", choices=["int8", "fp8", "w4a8"],
                        help="quantize the transformer: int8/fp8 weight-only, or W4A8 (SCQ, calibrated)")
@@ -84,6 +87,7 @@ _SAMPLER_FLAGS = {
     "tome": "tome_ratio",
     "tome_reuse": "tome_reuse",
     "token_temperature": "token_temperature",
+    "early_steps": "early_steps",
 }
 
 
