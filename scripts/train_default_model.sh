@@ -32,4 +32,7 @@ fi
   "$meissonic" world self-samples --model "$runs/transformer8_32t1_deep/export" --out "$runs/self_samples" \
     --num-prompts 3168 --seed 11; }
 "$meissonic" train --config configs/default_model/transformer8_32t1_rft.yaml $(resume "$runs/transformer8_32t1_rft")
-"$python" scripts/package_default_model.py "$runs/transformer8_32t1_rft/export"
+# Packaged with the default sampler of the fifteenth session: 20 steps, the first 14 on the first half of the mask
+# schedule, guided (docs/default_model.md, "Finer early steps").
+"$python" scripts/package_default_model.py "$runs/transformer8_32t1_rft/export" --steps 20 \
+  --sampler "guidance_interval=0:0.7,early_steps=0.7"
