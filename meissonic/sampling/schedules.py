@@ -27,7 +27,7 @@ def schedule_progress(step_fraction: torch.Tensor | float, early_steps: float = 
 
     The first `early_steps` of the steps cover the first half of the progress, the rest the second half
     (piecewise linear); 0.5 is the plain schedule. Above 0.5 the early steps, where the layout of the image is
-    decided, each commit fewer tokens (docs/default_model.md measures 2/3 against 0.5).
+    decided, each commit fewer tokens (the default model samples with 0.7; docs/default_model.md).
     """
     if not 0.0 < early_steps < 1.0:
         raise ValueError(f"early_steps must be in (0, 1), got {early_steps!r}")
