@@ -6,7 +6,7 @@ import torch
 
 from ..sampling.options import SamplerOptions
 from ..sampling.scheduler import Generators
-from ..sampling.schedules import mask_ratio, schedule_progress
+from ..sampling.schedules import mask_ratio
 from .base import MeissonicPipelineBase, MeissonicPipelineOutput, StepCallback, prompt_count, resolve_sampler
 from .images import ImageInput, images_to_tensor
 
@@ -65,7 +65,7 @@ class MeissonicImg2ImgPipeline(MeissonicPipelineBase):
         pixels = images_to_tensor(images, height, width).to(self._execution_device)
         tokens = self.encode_images(pixels).repeat_interleave(batch // len(images), 0)
         schedule = masking_schedule or self.scheduler.config.masking_schedule
-        ratio = float(mask_ratio(schedule_progress(first / num_inference_steps, options.early_steps), schedule))
+        ratio = float(mask_ratio(first / num_inference_steps, schedule, options.early_steps))
         tokens = self.scheduler.add_noise(tokens, ratio, generator)
         micro = self.micro_conditions(batch, height, width, original_size, micro_conditioning_crop_coord,
                                       micro_conditioning_aesthetic_score)

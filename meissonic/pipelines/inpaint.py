@@ -6,7 +6,7 @@ import torch
 
 from ..sampling.options import SamplerOptions
 from ..sampling.scheduler import Generators
-from ..sampling.schedules import mask_ratio, schedule_progress
+from ..sampling.schedules import mask_ratio
 from .base import (
     MeissonicPipelineBase,
     MeissonicPipelineOutput,
@@ -81,8 +81,7 @@ class MeissonicInpaintPipeline(MeissonicPipelineBase):
         if not region.any():
             raise ValueError("the mask is empty on the token grid: nothing to inpaint (white marks what to regenerate)")
 
-        ratio = float(mask_ratio(schedule_progress(first / num_inference_steps, options.early_steps),
-                                 masking_schedule))
+        ratio = float(mask_ratio(first / num_inference_steps, masking_schedule, options.early_steps))
         tokens = self.scheduler.add_noise(tokens, ratio, generator, region=region)
         masked_fraction = region.flatten(1).float().mean(1)
         micro = self.micro_conditions(batch, height, width, original_size, micro_conditioning_crop_coord,

@@ -14,7 +14,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 
-from .schedules import MASKING_SCHEDULES, countdown_timesteps, mask_ratio, schedule_progress, temperatures
+from .schedules import MASKING_SCHEDULES, countdown_timesteps, mask_ratio, temperatures
 
 
 @dataclass
@@ -92,8 +92,8 @@ class MeissonicScheduler(SchedulerMixin, ConfigMixin):
 
         `early_steps`: the fraction of the steps that covers the first half of the schedule (`schedule_progress`).
         """
-        progress = schedule_progress((step_index + 1) / num_inference_steps, early_steps)
-        ratio = mask_ratio(progress, masking_schedule or self.config.masking_schedule)
+        ratio = mask_ratio((step_index + 1) / num_inference_steps, masking_schedule or self.config.masking_schedule,
+                           early_steps)
         start = torch.as_tensor(starting_mask_ratio, dtype=torch.float64)
         return torch.floor(seq_len * ratio * start).long()
 

@@ -9,12 +9,13 @@ import torch
 MASKING_SCHEDULES = ("cosine", "linear")
 
 
-def mask_ratio(progress: torch.Tensor | float, schedule: str = "cosine") -> torch.Tensor:
+def mask_ratio(progress: torch.Tensor | float, schedule: str = "cosine", early_steps: float = 0.5) -> torch.Tensor:
     """Fraction of tokens still masked after a fraction `progress` in [0, 1] of the steps.
 
-    cosine: cos(pi/2 * progress); linear: 1 - progress. Both are 1 at the start and 0 at the end.
+    cosine: cos(pi/2 * p); linear: 1 - p, where p is the progress through the schedule (`schedule_progress`:
+    with `early_steps` 0.5, p = progress). Both are 1 at the start and 0 at the end.
     """
-    progress = torch.as_tensor(progress, dtype=torch.float64)
+    progress = schedule_progress(progress, early_steps)
     if schedule == "cosine":
         return torch.cos(progress * math.pi / 2).clamp(min=0.0)
     if schedule == "linear":

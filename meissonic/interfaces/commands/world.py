@@ -3,7 +3,7 @@
 meissonic world render --out DIR --num 20000 --seed 0
 meissonic world sample --num 8 --split heldout
 meissonic world tokenizer --out DIR
-meissonic world self-samples --model FOLDER --out DIR --num-prompts 3200 --seed 11
+meissonic world self-samples --model FOLDER --out DIR --num-prompts 3168 --seed 11
 """
 
 from __future__ import annotations
