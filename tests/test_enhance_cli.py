@@ -212,3 +212,29 @@ def test_eval_world_images_do_not_depend_on_the_batch_size(model, tmp_path, eval
     for i in range(3):
         one, three = (np.asarray(PIL.Image.open(tmp_path / b / f"{i:05d}.png")) for b in ("1", "3"))
         assert np.array_equal(one, three)
+
+
+def test_eval_world_passes_the_gumbel_temperature(model, tmp_path, eval_dispatcher):
+    """`--temperature` reaches the pipeline: the saved images are the pipeline's own at that temperature."""
+    import torch
+
+    from meissonic import MeissonicPipeline
+    from meissonic.world import heldout_tasks
+
+    for name, temperature in (("default", []), ("cold", ["--temperature", "0", "0"])):
+        code = cli.main(["eval", "world", "--model", model, "--num-prompts", "2", "--steps", "4", "--size", "32",
+                         "--vq-images", "0", "--out", str(tmp_path / f"{name}.json"),
+                         "--save-images", str(tmp_path / name), *temperature])
+        assert code == 0
+    pipe = MeissonicPipeline.from_pretrained(model, torch_dtype=torch.bfloat16)
+    tasks = heldout_tasks(2, 0)
+    for i, task in enumerate(tasks):
+        for name, temperature in (("default", (2.0, 0.0)), ("cold", (0.0, 0.0))):
+            image = pipe(task.text, height=32, width=32, num_inference_steps=4,
+                         generator=torch.Generator().manual_seed(i), temperature=temperature).images[0]
+            saved = np.asarray(PIL.Image.open(tmp_path / name / f"{i:05d}.png"))
+            assert np.array_equal(np.asarray(image), saved), (name, i)
+    assert any(not np.array_equal(*(np.asarray(PIL.Image.open(tmp_path / n / f"{i:05d}.png"))
+                                    for n in ("default", "cold"))) for i in range(2))  # it changes the images
+    recorded = json.loads((tmp_path / "cold.json").read_text())["settings"]["temperature"]
+    assert recorded == [0.0, 0.0]

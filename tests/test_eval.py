@@ -258,8 +258,10 @@ class _FakePipeline:
         tasks = heldout_tasks(8, seed=5)
         return cls({t.text: t.scene for t in tasks})
 
-    def __call__(self, prompt, height, width, num_inference_steps, guidance_scale, generator, output_type, sampler):
+    def __call__(self, prompt, height, width, num_inference_steps, guidance_scale, generator, output_type, sampler,
+                 temperature):
         assert output_type == "pil" and height == width == 256 and sampler == self.default_sampler_options
+        assert temperature == (2.0, 0.0)
         return types.SimpleNamespace(images=[render(self.scenes[p], height) for p in prompt])
 
 

@@ -363,3 +363,20 @@ def test_checkpoint_default_sampler(tiny_folder, tmp_path):
     (folder / "model_index.json").write_text(json.dumps(index))
     with pytest.raises(ValueError, match="default_sampler: sampler option guidance_interval"):
         MeissonicPipeline.from_pretrained(folder)
+
+
+def test_decode_tokens_equals_the_vq_decoder_in_its_own_layout(pipe):
+    """The pipeline decodes channels-last on CPU for speed; the images are the VQ decoder's, contiguous, and
+    each is the same whatever batch it is decoded in."""
+    vq = pipe.vqvae
+    tokens = torch.randint(0, vq.config.num_vq_embeddings, (2, 4, 6))
+    images = pipe.decode_tokens(tokens)
+    with torch.no_grad():
+        channels = vq.config.vq_embed_dim or vq.config.latent_channels
+        quant = vq.quantize.get_codebook_entry(tokens.reshape(-1), (2, 4, 6, channels))  # NCHW
+        spatial = quant if vq.config.norm_type == "spatial" else None
+        expected = vq.decoder(vq.post_quant_conv(quant), spatial).float().clamp(0, 1)
+    assert images.shape == (2, 3, 4 * pipe.vq_scale, 6 * pipe.vq_scale) and images.is_contiguous()
+    torch.testing.assert_close(images, expected, atol=1e-5, rtol=1e-5)
+    for i in range(2):  # an image does not depend on the batch it is decoded in
+        assert torch.equal(pipe.decode_tokens(tokens[i : i + 1])[0], images[i])

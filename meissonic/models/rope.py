@@ -74,5 +74,6 @@ def rms_norm_rope(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, eps: float 
     x32 = x.float()  # one conversion: mixed-dtype ops would each make their own float32 copy on CPU
     rstd = (torch.linalg.vector_norm(x32, dim=-1, keepdim=True).square() / x.shape[-1] + eps).rsqrt()
     out = x32 * a
-    out.addcmul_(x32.unflatten(-1, (-1, 2)).flip(-1).flatten(-2), b)
+    swapped = torch.stack((x32[..., 1::2], x32[..., 0::2]), dim=-1).flatten(-2)  # 3-4x faster than flip on CPU
+    out.addcmul_(swapped, b)
     return out.mul_(rstd).to(x.dtype)

@@ -31,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
     parser.add_argument("--guidance-scale", type=float, help="guidance scale (default: the model's)")
     parser.add_argument("--size", type=int, help="image height and width (default: the model's)")
+    parser.add_argument("--temperature", type=float, nargs=2, default=(2.0, 0.0), metavar=("START", "END"),
+                        help="Gumbel temperature annealed from START to END (default 2 0)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16")
     parser.add_argument("--out", default="world_results.json", help="results JSON path")
@@ -63,6 +65,7 @@ def _generate(pipe, tasks, args, sampler) -> list[Image.Image]:
             generator=[torch.Generator().manual_seed(args.seed + i) for i in range(start, start + len(batch))],
             output_type="pil",
             sampler=sampler,
+            temperature=tuple(args.temperature),
         )
         images.extend(out.images)
         print(f"generated {len(images)}/{len(tasks)}", flush=True)
