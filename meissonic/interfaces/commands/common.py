@@ -23,6 +23,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--cpu-offload", action="store_true", help="move each model to the GPU only while it runs")
 
 
+def add_temperature_argument(group: argparse._ActionsContainer) -> None:
+    """`--temperature START END`: the Gumbel temperature of the kept-token choice (the pipelines' default 2 -> 0)."""
+    group.add_argument("--temperature", type=float, nargs=2, default=(2.0, 0.0), metavar=("START", "END"),
+                       help="Gumbel temperature annealed from START to END (default 2 0)")
+
+
 def add_sampling_arguments(parser: argparse.ArgumentParser, steps: int | None, guidance: float | None) -> None:
     group = parser.add_argument_group("sampling")
     group.add_argument("--negative-prompt", default=None, help='negative prompt (default "")')
@@ -33,8 +39,7 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, steps: int | None, g
                        help=f"classifier-free guidance scale (default {guidance})")
     group.add_argument("--seed", type=int, default=0, help="random seed (default 0); image i uses seed + i")
     group.add_argument("--num-images", type=int, default=1, help="images per prompt")
-    group.add_argument("--temperature", type=float, nargs=2, default=(2.0, 0.0), metavar=("START", "END"),
-                       help="Gumbel temperature annealed from START to END (default 2 0)")
+    add_temperature_argument(group)
     group.add_argument("--masking-schedule", choices=["cosine", "linear"], help="mask schedule override")
     group.add_argument("--aesthetic-score", type=float, default=6.0, help="aesthetic micro-condition (default 6)")
     group.add_argument("--crop-coord", type=int, nargs=2, default=(0, 0), metavar=("TOP", "LEFT"),

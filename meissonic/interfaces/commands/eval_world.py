@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from .common import add_enhance_arguments, apply_quantization, sampler_options
+from .common import add_enhance_arguments, add_temperature_argument, apply_quantization, sampler_options
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,8 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
     parser.add_argument("--guidance-scale", type=float, help="guidance scale (default: the model's)")
     parser.add_argument("--size", type=int, help="image height and width (default: the model's)")
-    parser.add_argument("--temperature", type=float, nargs=2, default=(2.0, 0.0), metavar=("START", "END"),
-                        help="Gumbel temperature annealed from START to END (default 2 0)")
+    add_temperature_argument(parser)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16")
     parser.add_argument("--out", default="world_results.json", help="results JSON path")
