@@ -45,6 +45,8 @@ def record_calls(module):
     ({"zigzag_guidance": math.nan}, "zigzag_guidance"), ({"token_temperature": 0.0}, "token_temperature"),
     ({"token_temperature": math.inf}, "token_temperature"), ({"token_temperature": True}, "token_temperature"),
     ({"early_steps": 0.0}, "early_steps"), ({"early_steps": 1.0}, "early_steps"), ({"early_steps": "a"}, "early_steps"),
+    ({"late_token_temperature": 0.0}, "late_token_temperature"),
+    ({"late_token_temperature": True}, "late_token_temperature"),
 ])
 def test_bad_options_name_the_option(kwargs, name):
     with pytest.raises(ValueError, match=name):
@@ -88,6 +90,17 @@ def test_guidance_schedules_and_interval():
     window = SamplerOptions(guidance_interval=(0.2, 0.6))
     assert [window.guidance_at(i, 5, 9.0) for i in range(5)] == [1.0, 9.0, 9.0, 1.0, 1.0]
     assert constant.guidance_at(0, 5, 0.5) == 1.0  # scales <= 1 mean no guidance, as in vanilla
+
+
+def test_late_token_temperature_applies_from_the_middle_of_the_mask_schedule():
+    """Steps i >= early_steps * N are late: 14..19 of 20 with early_steps 0.7 (the default model's), 2..3 of 4 with
+    the plain schedule; the token temperature applies at every step and the late one on top of it."""
+    options = SamplerOptions(early_steps=0.7, token_temperature=0.8, late_token_temperature=0.5)
+    assert [options.token_temperature_at(i, 20) for i in range(20)] == pytest.approx([0.8] * 14 + [0.4] * 6)
+    plain = SamplerOptions(late_token_temperature=0.5)
+    assert [plain.token_temperature_at(i, 4) for i in range(4)] == [1.0, 1.0, 0.5, 0.5]
+    assert [SamplerOptions().token_temperature_at(i, 4) for i in range(4)] == [1.0] * 4
+    assert SamplerOptions.parse("late_token_temperature=0.5").changes() == {"late_token_temperature": 0.5}
 
 
 def test_early_steps_decode_the_first_half_of_the_schedule_in_that_fraction_of_the_steps(pipe):

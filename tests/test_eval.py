@@ -301,3 +301,60 @@ def test_eval_world_cli_end_to_end(tmp_path, monkeypatch, capsys):
     args = parser.parse_args(["world", "--images", str(saved), "--out", str(tmp_path / "again.json")])
     assert eval_world.run(args) == 0
     assert json.loads((tmp_path / "again.json").read_text())["categories"] == result["categories"]
+
+
+class _SeedDependentPipeline(_FakePipeline):
+    """Draws the exact render when the image's seed is a multiple of 3, else a blank background (always wrong)."""
+
+    seeds: list[int] = []
+
+    def __call__(self, prompt, height, width, num_inference_steps, guidance_scale, generator, output_type, sampler,
+                 temperature):
+        seeds = [g.initial_seed() for g in generator]
+        type(self).seeds.extend(seeds)
+        return types.SimpleNamespace(images=[
+            render(self.scenes[p], height) if s % 3 == 0 else Image.new("RGB", (height, width), "white")
+            for p, s in zip(prompt, seeds, strict=True)])
+
+
+def test_eval_world_candidates_report_pass_at_k(tmp_path, monkeypatch, capsys):
+    from meissonic.interfaces.commands import eval_world
+
+    monkeypatch.setitem(
+        sys.modules, "meissonic.pipelines", types.SimpleNamespace(MeissonicPipeline=_SeedDependentPipeline)
+    )
+    _SeedDependentPipeline.seeds = []
+    parser = argparse.ArgumentParser()
+    eval_world.add_arguments(parser)
+    (tmp_path / "model").mkdir()
+    out = tmp_path / "results.json"
+    common = ["world", "--model", str(tmp_path / "model"), "--num-prompts", "8", "--seed", "5", "--batch-size", "3"]
+    assert eval_world.run(parser.parse_args([*common, "--out", str(out), "--candidates", "3"])) == 0
+    result = json.loads(out.read_text())
+    # Task i's candidate j is seeded 5 + 8 j + i: candidate 0 is right for i = 1, 4, 7, candidate 1 for i = 2, 5,
+    # candidate 2 for i = 0, 3, 6; so one image gets 3/8 right and some image of three every task.
+    assert _SeedDependentPipeline.seeds == list(range(5, 29))
+    assert result["overall"] == 3 / 8
+    assert result["pass_at_k"]["k"] == 3 and result["pass_at_k"]["overall"] == 1.0
+    assert result["pass_at_k"]["mean_single"] == (3 / 8 + 2 / 8 + 3 / 8) / 3
+    assert "pass@3" in capsys.readouterr().out
+    # The main scores do not depend on the number of candidates.
+    assert eval_world.run(parser.parse_args([*common, "--out", str(tmp_path / "one.json")])) == 0
+    one = json.loads((tmp_path / "one.json").read_text())
+    assert one["tasks"] == result["tasks"] and "pass_at_k" not in one
+    with pytest.raises(ValueError, match="--candidates"):
+        eval_world.run(parser.parse_args([*common, "--candidates", "0"]))
+
+
+def test_pass_at_k_requires_the_same_tasks():
+    from meissonic.eval.world import pass_at_k
+
+    run = {"overall": 0.5, "tasks": [{"text": "a", "task_type": "single", "correct": True},
+                                     {"text": "b", "task_type": "count", "correct": False}]}
+    other = {"overall": 0.5, "tasks": [{"text": "a", "task_type": "single", "correct": False},
+                                       {"text": "b", "task_type": "count", "correct": True}]}
+    result = pass_at_k([run, other])
+    assert result["overall"] == 1.0 and result["task_types"] == {"count": 1.0, "single": 1.0}
+    assert pass_at_k([run])["overall"] == 0.5
+    with pytest.raises(ValueError, match="same tasks"):
+        pass_at_k([run, {"overall": 0.0, "tasks": run["tasks"][::-1]}])

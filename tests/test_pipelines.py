@@ -316,6 +316,26 @@ def test_token_temperature_sharpens_the_draw(pipe):
         pipe("a cat", token_temperature=0.0, **kwargs)
 
 
+def test_late_token_temperature_sharpens_only_the_late_steps(pipe):
+    """With 2 steps, step 0 is early and step 1 late: a late temperature near 0 leaves step 0's draws as they
+    were and turns step 1's (which fills every remaining token) into the argmax of its logits."""
+    logits, grids = [], []
+    handle = pipe.transformer.register_forward_hook(lambda module, args, output: logits.append(output.float()))
+    kwargs = dict(height=32, width=32, num_inference_steps=2, guidance_scale=1.0, output_type="tokens",
+                  callback_on_step_end=lambda p, i, t, tensors: grids.append(tensors["tokens"].clone()))
+    try:
+        plain = pipe("a cat", generator=seeded(3), **kwargs).images
+        cold = pipe("a cat", generator=seeded(3), late_token_temperature=1e-4, **kwargs).images
+    finally:
+        handle.remove()
+    mask_id = pipe.transformer.mask_token_id
+    assert torch.equal(grids[0], grids[2])  # step 0: the same draws
+    late = grids[2] == mask_id  # what step 1 decides
+    assert late.any() and not torch.equal(plain, cold)
+    assert torch.equal(cold[late], logits[3].argmax(1)[late])
+    assert torch.equal(cold[~late], grids[2][~late])
+
+
 def test_checkpoint_default_sampler(tiny_folder, tmp_path):
     """A `default_sampler` in model_index.json is the text-to-image sampler when the call names none: guidance in
     the first half of 4 steps runs the unconditional batch twice; an explicit sampler replaces it, single options

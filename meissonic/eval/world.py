@@ -133,6 +133,26 @@ def score(
     return out
 
 
+def pass_at_k(runs: Sequence[dict]) -> dict:
+    """pass@k from k `score` results over the same tasks (one image per task each): the share of tasks that at
+    least one of the k images gets right, overall and per task type, and the mean single-image score."""
+    if not runs:
+        raise ValueError("pass_at_k needs at least one scored run")
+    records = [run["tasks"] for run in runs]
+    if any(len(r) != len(records[0]) or [t["text"] for t in r] != [t["text"] for t in records[0]] for r in records):
+        raise ValueError("pass_at_k needs runs over the same tasks in the same order")
+    passed = [any(r[i]["correct"] for r in records) for i in range(len(records[0]))]
+    per_type: dict[str, list[bool]] = defaultdict(list)
+    for task, ok in zip(records[0], passed, strict=True):
+        per_type[task["task_type"]].append(ok)
+    return {
+        "k": len(runs),
+        "overall": float(np.mean(passed)),
+        "task_types": {t: float(np.mean(v)) for t, v in sorted(per_type.items())},
+        "mean_single": float(np.mean([run["overall"] for run in runs])),
+    }
+
+
 def detector_agreement(
     scenes: Sequence[Scene], images: Sequence[Image.Image | np.ndarray], centre_tolerance: float = 0.03
 ) -> dict[str, float]:

@@ -312,8 +312,9 @@ class MeissonicPipelineBase(DiffusionPipeline):
             sigma = options.noise_sigma(step, num_inference_steps)
             if sigma > 0:  # noise regularization: the noisy probabilities drive the draw and the confidence
                 logits = logits + sigma * normal_noise(logits.shape, generator, logits.device)
-            if options.token_temperature != 1.0:
-                logits = logits / options.token_temperature
+            token_temperature = options.token_temperature_at(step, num_inference_steps)
+            if token_temperature != 1.0:
+                logits = logits / token_temperature
             probs = draw_probs = None
             if options.differential:
                 probs = torch.softmax(logits.flatten(2).transpose(1, 2), dim=-1)  # (B, N, C)

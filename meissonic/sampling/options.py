@@ -34,6 +34,8 @@ class SamplerOptions:
         taken (1: the reference sampler; below 1: fewer draws from the tails of the distribution).
     early_steps: the fraction of the steps that decodes the first half of the mask schedule, where the layout is
         decided (0.5: the plain schedule; above: fewer tokens committed per early step).
+    late_token_temperature: the logits of the late steps (those that decode the second half of the mask schedule,
+        step i >= early_steps * N, where outlines and textures are decided) are divided by it as well (1: off).
     """
 
     noise_reg: float = 0.0
@@ -49,6 +51,7 @@ class SamplerOptions:
     tome_seed: int = 0
     token_temperature: float = 1.0
     early_steps: float = 0.5
+    late_token_temperature: float = 1.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "guidance_interval", tuple(float(v) for v in self.guidance_interval))
@@ -73,6 +76,10 @@ class SamplerOptions:
         _check(not isinstance(self.token_temperature, bool) and isinstance(self.token_temperature, (int, float))
                and 0 < self.token_temperature < math.inf, "token_temperature", "a finite number > 0",
                self.token_temperature)
+        _check(not isinstance(self.late_token_temperature, bool)
+               and isinstance(self.late_token_temperature, (int, float))
+               and 0 < self.late_token_temperature < math.inf, "late_token_temperature", "a finite number > 0",
+               self.late_token_temperature)
         _check(not isinstance(self.early_steps, bool) and isinstance(self.early_steps, (int, float))
                and 0.0 < self.early_steps < 1.0, "early_steps", "a fraction in (0, 1)", self.early_steps)
 
@@ -137,6 +144,12 @@ class SamplerOptions:
         countdown = num_steps - 1 - step_index
         phase = countdown / (num_steps - 1) if num_steps > 1 else 0.0
         return self.noise_reg * abs(math.cos(math.pi * phase))
+
+    def token_temperature_at(self, step_index: int, num_steps: int) -> float:
+        """What step i divides the logits by: `token_temperature`, times `late_token_temperature` in the late
+        steps (i / N >= early_steps: their input is past the middle of the mask schedule)."""
+        late = step_index / num_steps >= self.early_steps
+        return self.token_temperature * (self.late_token_temperature if late else 1.0)
 
     def guidance_at(self, step_index: int, num_steps: int, guidance_scale: float) -> float:
         """The guidance scale of step i: 1 (conditional only) when guidance is off or outside the interval,

@@ -72,6 +72,9 @@ def add_enhance_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--token-temperature", type=float, metavar="T",
                        help="divide the guided logits by T before drawing tokens (default 1, the reference "
                             "sampler; below 1: fewer unlikely tokens)")
+    group.add_argument("--late-token-temperature", type=float, metavar="T",
+                       help="also divide the logits by T in the late steps, which decode the second half of the "
+                            "mask schedule (default 1; below 1: sharper outlines)")
     group.add_argument("--early-steps", type=float, metavar="FRACTION",
                        help="fraction of the steps that decodes the first half of the mask schedule (default 0.5, "
                             "the plain schedule; above: finer early steps, where the layout is decided)")
@@ -92,6 +95,7 @@ _SAMPLER_FLAGS = {
     "tome": "tome_ratio",
     "tome_reuse": "tome_reuse",
     "token_temperature": "token_temperature",
+    "late_token_temperature": "late_token_temperature",
     "early_steps": "early_steps",
 }
 

@@ -37,6 +37,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="world_results.json", help="results JSON path")
     parser.add_argument("--save-images", help="folder to save the generated images and their tasks into")
     parser.add_argument(
+        "--candidates",
+        type=int,
+        default=1,
+        help="images per prompt (K): also report pass@K, the share of prompts with at least one correct image; "
+        "the main scores are those of the first image, generated as without this flag",
+    )
+    parser.add_argument(
         "--vq-images",
         type=int,
         default=8,
@@ -49,9 +56,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_enhance_arguments(parser)
 
 
-def _generate(pipe, tasks, args, sampler) -> list[Image.Image]:
+def _generate(pipe, tasks, args, sampler, candidate: int = 0) -> list[Image.Image]:
+    """One image per task; task i's image of candidate j is seeded with seed + j * len(tasks) + i."""
     import torch
 
+    first_seed = args.seed + candidate * len(tasks)
     images: list[Image.Image] = []
     for start in range(0, len(tasks), args.batch_size):
         batch = tasks[start : start + args.batch_size]
@@ -61,13 +70,14 @@ def _generate(pipe, tasks, args, sampler) -> list[Image.Image]:
             width=args.size,
             num_inference_steps=args.steps,
             guidance_scale=args.guidance_scale,
-            generator=[torch.Generator().manual_seed(args.seed + i) for i in range(start, start + len(batch))],
+            generator=[torch.Generator().manual_seed(first_seed + i) for i in range(start, start + len(batch))],
             output_type="pil",
             sampler=sampler,
             temperature=tuple(args.temperature),
         )
         images.extend(out.images)
-        print(f"generated {len(images)}/{len(tasks)}", flush=True)
+        of = f" (candidate {candidate + 1}/{args.candidates})" if args.candidates > 1 else ""
+        print(f"generated {len(images)}/{len(tasks)}{of}", flush=True)
     return images
 
 
@@ -90,10 +100,15 @@ def _save(folder: Path, tasks, images) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from meissonic.eval.world import score
+    from meissonic.eval.world import pass_at_k, score
     from meissonic.world import heldout_tasks, render, training_tasks
 
+    if args.candidates < 1:
+        raise ValueError(f"--candidates must be at least 1, got {args.candidates}")
+    if args.images and args.candidates > 1:
+        raise ValueError("--candidates needs --model: saved images hold one image per prompt")
     pipe = None
+    candidates: list = []
     if args.images:
         tasks, images = _load_saved(Path(args.images))
     else:
@@ -114,8 +129,11 @@ def run(args: argparse.Namespace) -> int:
         images = _generate(pipe, tasks, args, sampler)
         if args.save_images:
             _save(Path(args.save_images), tasks, images)
+        candidates = [_generate(pipe, tasks, args, sampler, j) for j in range(1, args.candidates)]
 
     results = score(images, tasks, chance_shifts=4)
+    if candidates:
+        results["pass_at_k"] = pass_at_k([results] + [score(more, tasks) for more in candidates])
     results["split"] = args.split
     results["settings"] = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "func"}
     if pipe is not None:
@@ -148,6 +166,11 @@ def run(args: argparse.Namespace) -> int:
         chance = " ".join(f"{k}={v:.3f}" for k, v in results["chance"]["categories"].items())
         print(f"chance (each image against {results['chance']['shifts']} other prompts): "
               f"overall={results['chance']['overall']:.3f} {chance}")
+    if "pass_at_k" in results:
+        passed = results["pass_at_k"]
+        types = " ".join(f"{k}={v:.3f}" for k, v in passed["task_types"].items())
+        print(f"pass@{passed['k']} (some image of {passed['k']} correct): overall={passed['overall']:.3f} {types}; "
+              f"one image: {passed['mean_single']:.3f} on average")
     if "vq_reconstruction" in results:
         vq_result = results["vq_reconstruction"]
         print(f"VQ reconstruction of {vq_result['num_images']} renders: PSNR {vq_result['psnr']:.2f} dB, world score "

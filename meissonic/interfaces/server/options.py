@@ -103,6 +103,8 @@ KNOWN: dict[str, SamplerOption] = {o.name: o for o in (
     _known("tome_seed", "int", "Token merging seed", 0, 2**31 - 1, 1),
     _known("token_temperature", "float", "Token temperature", 0.05, 5.0, 0.05,
            info="the guided logits are divided by it before tokens are drawn; 1: the reference sampler"),
+    _known("late_token_temperature", "float", "Late token temperature", 0.05, 5.0, 0.05,
+           info="divides the logits of the steps past the middle of the mask schedule as well; 1: off"),
     _known("early_steps", "float", "Early steps", 0.05, 0.95, 0.05,
            info="fraction of the steps spent on the first half of the mask schedule; 0.5: the plain schedule"),
     _known("preset", "choice", "Sampler preset", info="the starting point; the fields below override it"),
