@@ -139,7 +139,8 @@ def pass_at_k(runs: Sequence[dict]) -> dict:
     if not runs:
         raise ValueError("pass_at_k needs at least one scored run")
     records = [run["tasks"] for run in runs]
-    if any(len(r) != len(records[0]) or [t["text"] for t in r] != [t["text"] for t in records[0]] for r in records):
+    texts = [t["text"] for t in records[0]]
+    if any([t["text"] for t in r] != texts for r in records):
         raise ValueError("pass_at_k needs runs over the same tasks in the same order")
     passed = [any(r[i]["correct"] for r in records) for i in range(len(records[0]))]
     per_type: dict[str, list[bool]] = defaultdict(list)

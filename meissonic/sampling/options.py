@@ -73,15 +73,11 @@ class SamplerOptions:
         _check(isinstance(self.tome_reuse, int) and self.tome_reuse >= 1, "tome_reuse", "an integer >= 1",
                self.tome_reuse)
         _check(isinstance(self.tome_seed, int), "tome_seed", "an integer", self.tome_seed)
-        _check(not isinstance(self.token_temperature, bool) and isinstance(self.token_temperature, (int, float))
-               and 0 < self.token_temperature < math.inf, "token_temperature", "a finite number > 0",
-               self.token_temperature)
-        _check(not isinstance(self.late_token_temperature, bool)
-               and isinstance(self.late_token_temperature, (int, float))
-               and 0 < self.late_token_temperature < math.inf, "late_token_temperature", "a finite number > 0",
-               self.late_token_temperature)
-        _check(not isinstance(self.early_steps, bool) and isinstance(self.early_steps, (int, float))
-               and 0.0 < self.early_steps < 1.0, "early_steps", "a fraction in (0, 1)", self.early_steps)
+        for name in ("token_temperature", "late_token_temperature"):
+            value = getattr(self, name)
+            _check(_is_number(value) and 0 < value < math.inf, name, "a finite number > 0", value)
+        _check(_is_number(self.early_steps) and 0.0 < self.early_steps < 1.0, "early_steps", "a fraction in (0, 1)",
+               self.early_steps)
 
     # ----- construction -------------------------------------------------------------------------------------------
     @classmethod
@@ -169,6 +165,11 @@ class SamplerOptions:
     def needs_unconditional(self, guidance_scale: float) -> bool:
         """Whether some model call needs the negative-prompt branch."""
         return guidance_scale > 1.0 or (self.zigzag and self.zigzag_guidance != 1.0)
+
+
+def _is_number(value) -> bool:
+    """An int or float, not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _check(ok: bool, name: str, expected: str, value) -> None:
