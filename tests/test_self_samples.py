@@ -1,4 +1,5 @@
-"""Reward-filtered self-samples: exactly the model's correct grids are kept, each paired with a training render."""
+"""Reward-filtered self-samples: exactly the model's correct grids are kept, each paired with a training render;
+preference pairs hold a right and a wrong grid of the same prompt."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from meissonic.eval.world import check_task
 from meissonic.interfaces.cli import main
 from meissonic.interfaces.commands.common import default_model_folder
 from meissonic.pipelines.images import images_to_tensor
-from meissonic.training.self_samples import write_self_samples
+from meissonic.training.self_samples import write_preference_pairs, write_self_samples
 from meissonic.training.train import vq_encode
 from meissonic.world import detect, render, training_example, training_tasks
 
@@ -75,3 +76,42 @@ def test_command_refuses_an_existing_folder(tmp_path, capsys):
                  "--num-prompts", "4"])
     assert code == 2
     assert "exists" in capsys.readouterr().err
+
+
+def test_preference_pairs_hold_disjoint_right_and_wrong_grids_of_one_prompt(pipe, tmp_path):
+    prompts, per_prompt, seed = 8, 3, 6
+    index = write_preference_pairs(pipe, tmp_path / "pairs", prompts, seed=seed, samples_per_prompt=per_prompt,
+                                   batch_size=6)
+
+    # The same draws, made again in the same batches (two prompts, three images each).
+    tasks = training_tasks(prompts, seed)
+    expected_chosen, expected_rejected, expected_captions = [], [], []
+    for first in range(0, prompts, 2):
+        chunk = tasks[first:first + 2]
+        generators = [torch.Generator().manual_seed(1_000_000 * seed + j * prompts + first + i)
+                      for i in range(len(chunk)) for j in range(per_prompt)]
+        tokens = pipe([t.text for t in chunk for _ in range(per_prompt)], generator=generators,
+                      output_type="tokens").images
+        images = pipe.to_output(tokens, "pil").images
+        for i, task in enumerate(chunk):
+            rows = range(i * per_prompt, (i + 1) * per_prompt)
+            good = [r for r in rows if check_task(task, detect(images[r])).correct]
+            bad = [r for r in rows if r not in good]
+            for g, b in zip(good, bad, strict=False):
+                expected_chosen.append(tokens[g])
+                expected_rejected.append(tokens[b])
+                expected_captions.append(task.text)
+    assert 0 < len(expected_chosen) < prompts  # some prompts are drawn both right and wrong, not all
+
+    source = PreencodedSource(tmp_path / "pairs")
+    rows = [source.read(i) for i in range(len(source))]
+    captions = [json.loads(line) for line in (tmp_path / "pairs" / "captions-00000.jsonl").read_text().splitlines()]
+    assert len(rows) == index["count"] == len(expected_chosen) == sum(index["preference_pairs"]["pairs"].values())
+    assert torch.equal(torch.stack([r["tokens"].long() for r in rows]), torch.stack(expected_chosen))
+    assert torch.equal(torch.stack([r["rejected_tokens"].long() for r in rows]), torch.stack(expected_rejected))
+    assert captions == expected_captions
+    assert all(not torch.equal(r["tokens"], r["rejected_tokens"]) for r in rows)
+    assert sum(index["preference_pairs"]["prompts"].values()) == prompts
+    assert source.empty() is not None
+    with pytest.raises(ValueError, match="samples_per_prompt"):
+        write_preference_pairs(pipe, tmp_path / "one", prompts, samples_per_prompt=1)

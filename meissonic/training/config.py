@@ -51,9 +51,17 @@ class DataConfig:
 
 @dataclass
 class ObjectiveConfig:
+    """The masked-token objective, or, with `preference_beta` > 0, the preference objective on rows that carry a
+    `rejected_tokens` grid beside `tokens` (`meissonic world preference-pairs`): DPO on the masked-token
+    log-likelihoods of the two grids under the same mask, against a frozen copy of the starting transformer,
+    plus `preference_sft_weight` times the masked-token loss of the chosen grids. CFG-dropped pairs (empty
+    prompt) train only through that second term."""
+
     cfg_dropout: float = 0.1
     train_text_encoder: bool = False
     min_masked: int = 1
+    preference_beta: float = 0.0  # 0: plain masked-token training
+    preference_sft_weight: float = 0.0
 
 
 @dataclass
@@ -290,6 +298,14 @@ def validate(config: Any, source: str = "config") -> None:
         raise ValueError(f"{source}: optim.optimizer must be adamw or adamw8bit")
     if isinstance(config, TrainConfig) and not 0.0 <= config.objective.cfg_dropout <= 1.0:
         raise ValueError(f"{source}: objective.cfg_dropout must be in [0, 1]")
+    if isinstance(config, TrainConfig):
+        objective = config.objective
+        for name in ("preference_beta", "preference_sft_weight"):
+            if getattr(objective, name) < 0:
+                raise ValueError(f"{source}: objective.{name} must be >= 0, got {getattr(objective, name)}")
+        if objective.preference_beta > 0 and objective.train_text_encoder:
+            raise ValueError(f"{source}: preference training (objective.preference_beta > 0) needs a frozen "
+                             "text encoder (objective.train_text_encoder: false)")
     if isinstance(config, TrainConfig):
         from ..sampling.options import SamplerOptions
 

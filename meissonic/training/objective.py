@@ -1,4 +1,5 @@
-"""The masked-token objective (SPEC section 8) and classifier-free-guidance dropout.
+"""The masked-token objective (SPEC section 8), classifier-free-guidance dropout, and the preference (DPO)
+objective on pairs of token grids.
 
 All randomness of a step is drawn for the whole global batch from a generator seeded by (seed, step); each
 process slices its samples. Runs are therefore reproducible across resumption and across process counts.
@@ -89,3 +90,25 @@ def masked_cross_entropy_sum(logits: torch.Tensor, tokens: torch.Tensor, masks: 
     return F.cross_entropy(
         flat_logits[selected].float(), tokens.reshape(-1)[selected].long(), reduction="sum"
     )
+
+
+def masked_log_likelihood(logits: torch.Tensor, tokens: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Per sample, the summed log-probability of `tokens` (B, H, W) at the positions of `masks` (B, H*W) under
+    logits (B, C, H, W), in float32: (B,)."""
+    log_probs = logits.float().log_softmax(dim=1)
+    picked = log_probs.gather(1, tokens.long()[:, None]).squeeze(1).flatten(1)  # (B, H*W)
+    return (picked * masks.to(picked.device).flatten(1)).sum(dim=1)
+
+
+def preference_loss(
+    chosen: torch.Tensor,
+    rejected: torch.Tensor,
+    reference_chosen: torch.Tensor,
+    reference_rejected: torch.Tensor,
+    beta: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """DPO (Rafailov et al. 2023) on log-likelihoods (B,): -log sigmoid(beta * margin), where margin is how much
+    more the model raised the chosen sample's log-likelihood over the reference's than the rejected one's.
+    Returns (per-sample losses, margins)."""
+    margins = (chosen - reference_chosen) - (rejected - reference_rejected)
+    return -F.logsigmoid(beta * margins), margins

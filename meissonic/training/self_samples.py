@@ -1,4 +1,5 @@
-"""Reward-filtered self-samples of the world: training data made by a model from its own successes.
+"""Reward-filtered self-samples of the world: training data made by a model from its own successes (and, for
+preference training, its failures).
 
 A model samples images for training-split world prompts with its default sampler; the world detector scores
 each against its prompt, and only the token grids it reads as fully correct are kept (rejection sampling
@@ -6,6 +7,10 @@ against an exact reward). Each kept grid is paired with a fresh training render,
 fine-tuning on the shards (`meissonic train`, data format `preencoded`) moves the model towards what it draws
 right while the renders keep it anchored to true shapes. Held-out compositions never enter: prompts come from
 `training_tasks` and renders from `training_example`.
+
+`write_preference_pairs` draws several images per prompt instead and keeps, for prompts drawn both right and
+wrong, disjoint (right, wrong) pairs of token grids: rows whose `tokens` are the chosen grid and
+`rejected_tokens` the rejected one, for the preference objective (`objective.preference` in a training config).
 """
 
 from __future__ import annotations
@@ -95,6 +100,79 @@ def write_self_samples(
     writer.meta["self_samples"] = {
         "prompts": dict(prompts), "kept": dict(kept), "renders": renders, "seed": seed,
         "render_seed": render_seed, "seconds": round(time.perf_counter() - start, 1),
+    }
+    writer.close({"text_states": states.float(), "pooled": pooled.float()})
+    return dict(writer.meta, count=writer.count)
+
+
+@torch.no_grad()
+def write_preference_pairs(
+    pipeline,
+    output: str | Path,
+    num_prompts: int,
+    seed: int = 0,
+    samples_per_prompt: int = 4,
+    batch_size: int = 16,
+    progress: Callable[[int, int, int], None] | None = None,
+) -> dict:
+    """Draw `samples_per_prompt` images for each of `training_tasks(num_prompts, seed)` with `pipeline`'s
+    defaults, score them with the world detector, and write min(right, wrong) disjoint (right, wrong) pairs per
+    prompt as preencoded rows (`tokens` chosen, `rejected_tokens` rejected) under `output`.
+
+    Image j of prompt i is drawn with the generator seeded `1_000_000 * seed + j * num_prompts + i`. Returns the
+    index, whose `preference_pairs` entry counts prompts, images drawn right and pairs per task type.
+    """
+    if num_prompts < 1:
+        raise ValueError(f"num_prompts must be >= 1, got {num_prompts}")
+    if samples_per_prompt < 2:
+        raise ValueError(f"samples_per_prompt must be >= 2 to form pairs, got {samples_per_prompt}")
+    side = pipeline.config.default_resolution
+    tokenizer, text_encoder = pipeline.tokenizer, pipeline.text_encoder
+    codes = pipeline.vqvae.config.num_vq_embeddings
+    meta = shard_meta(side, side // pipeline.vq_scale, codes, "embeddings", tokenizer, text_encoder)
+    writer = ShardWriter(output, meta)
+    micro = torch.tensor([side, side, 0.0, 0.0, 6.0])
+
+    tasks = training_tasks(num_prompts, seed)
+    prompts, right, pairs = Counter(), Counter(), Counter()
+    per_batch = max(1, batch_size // samples_per_prompt)
+    start = time.perf_counter()
+    for first in range(0, len(tasks), per_batch):
+        chunk = tasks[first:first + per_batch]
+        texts = [t.text for t in chunk for _ in range(samples_per_prompt)]
+        generators = [
+            torch.Generator().manual_seed(1_000_000 * seed + j * num_prompts + first + i)
+            for i in range(len(chunk)) for j in range(samples_per_prompt)
+        ]
+        tokens = pipeline(texts, height=side, width=side, generator=generators, output_type="tokens").images
+        images = pipeline.to_output(tokens, "pil").images
+        chosen, rejected, captions = [], [], []
+        for i, task in enumerate(chunk):
+            rows = range(i * samples_per_prompt, (i + 1) * samples_per_prompt)
+            verdicts = {r: check_task(task, detect(images[r])).correct for r in rows}
+            good = [r for r in rows if verdicts[r]]
+            bad = [r for r in rows if not verdicts[r]]
+            prompts[task.task_type] += 1
+            right[task.task_type] += len(good)
+            pairs[task.task_type] += min(len(good), len(bad))
+            for g, b in zip(good, bad, strict=False):  # min(right, wrong) disjoint pairs
+                chosen.append(g)
+                rejected.append(b)
+                captions.append(task.text)
+        if captions:
+            states, pooled = _encode_text(tokenizer, text_encoder, captions)
+            writer.add({
+                "tokens": tokens[chosen].to(torch.int16).cpu(),
+                "rejected_tokens": tokens[rejected].to(torch.int16).cpu(),
+                "micro_conds": micro.expand(len(captions), 5).clone(),
+                "text_states": states, "pooled": pooled,
+            }, captions)
+        if progress is not None:
+            progress(first + len(chunk), len(tasks), sum(pairs.values()))
+    states, pooled = _encode_text(tokenizer, text_encoder, [""])
+    writer.meta["preference_pairs"] = {
+        "prompts": dict(prompts), "right": dict(right), "pairs": dict(pairs), "seed": seed,
+        "samples_per_prompt": samples_per_prompt, "seconds": round(time.perf_counter() - start, 1),
     }
     writer.close({"text_states": states.float(), "pooled": pooled.float()})
     return dict(writer.meta, count=writer.count)

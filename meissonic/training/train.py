@@ -49,6 +49,8 @@ from .objective import (
     apply_cfg_dropout,
     masked_cross_entropy_sum,
     masked_inputs,
+    masked_log_likelihood,
+    preference_loss,
     step_noise,
     timestep_for,
 )
@@ -122,6 +124,13 @@ class Trainer:
         self.dataset, self.text_mode = self._open_data(transformer)
         self.convention = transformer.config.timestep_convention
         self.mask_id = transformer.mask_token_id
+        # Preference training compares against the starting weights, frozen (taken before LoRA and compilation,
+        # and before a resumed run's weights are loaded).
+        self.preference = config.objective.preference_beta > 0
+        self.reference = None
+        if self.preference:
+            self._check_preference_data()
+            self.reference = copy.deepcopy(transformer).to(self.device).eval().requires_grad_(False)
 
         train_te = config.objective.train_text_encoder
         if config.lora.enabled:
@@ -209,6 +218,14 @@ class Trainer:
             raise ValueError(
                 f"VQ codebook ({self.vqvae.config.num_vq_embeddings}) is larger than the "
                 f"transformer's codebook_size ({tr.codebook_size})"
+            )
+
+    def _check_preference_data(self) -> None:
+        if self.text_mode != "embeddings" or "rejected_tokens" not in self.dataset.source.read(0):
+            raise ValueError(
+                f"preference training (objective.preference_beta > 0) needs preencoded pairs with a "
+                f"'rejected_tokens' grid per row (meissonic world preference-pairs); {self.config.data.path} "
+                "has none"
             )
 
     def _open_data(self, transformer):
@@ -313,6 +330,31 @@ class Trainer:
         logits = self.model(inputs, states, pooled, timestep, batch["micro_conds"].to(self.device).float())
         return masked_cross_entropy_sum(logits, tokens, masks)
 
+    def preference_micro_step(
+        self, batch: dict, masks: torch.Tensor, drop: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Forward the chosen and rejected grids of one micro-batch under the same masks, through the model and
+        the frozen reference. Returns the DPO losses summed over the pairs not CFG-dropped, the chosen grids'
+        summed cross-entropy, and the margins of the pairs not dropped."""
+        chosen = batch["tokens"].to(self.device).long()
+        rejected = batch["rejected_tokens"].to(self.device).long()
+        states, pooled, empty_states, empty_pooled = self.conditioning(batch)
+        states, pooled = apply_cfg_dropout(states, pooled, empty_states, empty_pooled, drop)
+        tokens = torch.cat([chosen, rejected])  # (2B, h, w): chosen first
+        both = torch.cat([masks, masks]).to(self.device)
+        inputs = masked_inputs(tokens, both, self.mask_id)
+        timestep = timestep_for(both.float().mean(dim=1), self.convention).to(self.device)
+        micro = batch["micro_conds"].to(self.device).float()
+        args = (inputs, states.repeat(2, 1, 1), pooled.repeat(2, 1), timestep, micro.repeat(2, 1))
+        likelihood = masked_log_likelihood(self.model(*args), tokens, both)
+        with torch.no_grad(), self.accelerator.autocast():
+            reference = masked_log_likelihood(self.reference(*args), tokens, both)
+        size = chosen.shape[0]
+        losses, margins = preference_loss(likelihood[:size], likelihood[size:], reference[:size],
+                                          reference[size:], self.config.objective.preference_beta)
+        kept = ~drop.to(self.device)
+        return losses[kept].sum(), -likelihood[:size].sum(), margins[kept].detach()
+
     def _loader(self):
         cfg = self.config
         sampler = PositionBatches(self.step, cfg.batch_size, cfg.grad_accum, self.rank, self.world)
@@ -341,7 +383,10 @@ class Trainer:
             cfg.objective.min_masked,
         )
         total_masked = noise.masks.sum().item()
+        pairs = max(int((~noise.drop).sum().item()), 1)
+        sft_weight = cfg.objective.preference_sft_weight
         loss_sum = torch.zeros((), device=self.device)
+        preference = torch.zeros(3, device=self.device)  # DPO loss, margin, pairs ranked right: summed
         skipped = 0
         for index in range(accum):
             batch = first if index == 0 else next(batches)
@@ -349,8 +394,13 @@ class Trainer:
             part = noise.slice((index * self.world + self.rank) * micro, micro)
             sync = contextlib.nullcontext() if index == accum - 1 else acc.no_sync(self.model)
             with sync:
-                summed = self.micro_step(batch, part.masks, part.drop)
-                acc.backward(summed * self.world / total_masked)
+                if self.preference:
+                    dpo, summed, margins = self.preference_micro_step(batch, part.masks, part.drop)
+                    acc.backward((dpo / pairs + sft_weight * summed / total_masked) * self.world)
+                    preference += torch.stack([dpo.detach(), margins.sum(), (margins > 0).sum().float()])
+                else:
+                    summed = self.micro_step(batch, part.masks, part.drop)
+                    acc.backward(summed * self.world / total_masked)
             loss_sum += summed.detach()
         grad_norm = (
             acc.clip_grad_norm_(self.trainable, cfg.optim.grad_clip) if cfg.optim.grad_clip > 0 else None
@@ -363,14 +413,20 @@ class Trainer:
             if self.text_ema is not None:
                 self.text_ema.update(acc.unwrap_model(self.text_encoder))
         self.step += 1
-        totals = acc.reduce(torch.stack([loss_sum, torch.tensor(float(skipped), device=self.device)]), "sum")
+        totals = acc.reduce(
+            torch.cat([torch.stack([loss_sum, torch.tensor(float(skipped), device=self.device)]), preference]), "sum"
+        )
         self.skipped += int(totals[1].item())
-        return {
-            "loss": totals[0].item() / total_masked,
+        metrics = {
+            "loss": totals[0].item() / total_masked,  # of the chosen grids in preference training
             "lr": self.lr_scheduler.get_last_lr()[0],
             "grad_norm": float(grad_norm) if grad_norm is not None else 0.0,
             "tokens": float(seq_len * micro * accum * self.world),
         }
+        if self.preference:
+            metrics.update(dpo=totals[2].item() / pairs, margin=totals[3].item() / pairs,
+                           pair_accuracy=totals[4].item() / pairs)
+        return metrics
 
     def _seq_len(self, batch: dict) -> int:
         if "tokens" in batch:
@@ -532,6 +588,7 @@ class Trainer:
                             "grad_norm": last["grad_norm"],
                             "tokens_per_s": last["tokens_per_s"],
                             "skipped": float(self.skipped),
+                            **{k: last[k] for k in ("dpo", "margin", "pair_accuracy") if k in last},
                         },
                     )
                     window_tokens, window_start = 0.0, time.perf_counter()

@@ -4,6 +4,7 @@ meissonic world render --out DIR --num 20000 --seed 0
 meissonic world sample --num 8 --split heldout
 meissonic world tokenizer --out DIR
 meissonic world self-samples --model FOLDER --out DIR --num-prompts 3168 --seed 11
+meissonic world preference-pairs --model FOLDER --out DIR --num-prompts 800 --seed 13
 """
 
 from __future__ import annotations
@@ -38,6 +39,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     own.add_argument("--seed", type=int, default=0, help="seed of the prompt list and of sampling")
     own.add_argument("--render-seed", type=int, default=0, help="seed of the paired training renders")
     own.add_argument("--batch-size", type=int, default=16)
+    pairs = actions.add_parser(
+        "preference-pairs",
+        help="preencoded (right, wrong) pairs of a model's own samples of the same prompts (detector-judged)",
+    )
+    pairs.add_argument("--model", required=True, help="Meissonic checkpoint folder to sample with")
+    pairs.add_argument("--out", required=True, help="preencoded folder to write (must not exist)")
+    pairs.add_argument("--num-prompts", type=int, required=True, help="training-split prompts to sample")
+    pairs.add_argument("--seed", type=int, default=0, help="seed of the prompt list and of sampling")
+    pairs.add_argument("--samples-per-prompt", type=int, default=4, help="images drawn per prompt (>= 2)")
+    pairs.add_argument("--batch-size", type=int, default=16, help="images per sampling call")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         )
         print(f"wrote {args.num} images and {path}")
         return 0
-    if args.action == "self-samples":
+    if args.action in ("self-samples", "preference-pairs"):
         return _self_samples(args)
     if args.action == "tokenizer":
         from meissonic.world.tokenizer import write_world_tokenizer
@@ -79,7 +90,7 @@ def _self_samples(args: argparse.Namespace) -> int:
     from diffusers import VQModel
 
     from meissonic import MeissonicPipeline
-    from meissonic.training.self_samples import write_self_samples
+    from meissonic.training.self_samples import write_preference_pairs, write_self_samples
 
     out = Path(args.out)
     if out.exists():
@@ -87,13 +98,19 @@ def _self_samples(args: argparse.Namespace) -> int:
         return 2
     pipe = MeissonicPipeline.from_pretrained(args.model, torch_dtype=torch.bfloat16)
     pipe.set_progress_bar_config(disable=True)
-    vqvae = VQModel.from_pretrained(str(Path(args.model) / "vqvae"), torch_dtype=torch.float32).eval()
+    what = "pairs" if args.action == "preference-pairs" else "kept"
 
     def progress(done: int, total: int, kept: int) -> None:
-        print(f"{done}/{total} prompts, {kept} kept", file=sys.stderr, flush=True)
+        print(f"{done}/{total} prompts, {kept} {what}", file=sys.stderr, flush=True)
 
-    index = write_self_samples(pipe, vqvae, out, args.num_prompts, args.seed, args.render_seed,
-                               args.batch_size, progress)
-    print(json.dumps(index["self_samples"]))
+    if args.action == "preference-pairs":
+        index = write_preference_pairs(pipe, out, args.num_prompts, args.seed, args.samples_per_prompt,
+                                       args.batch_size, progress)
+        print(json.dumps(index["preference_pairs"]))
+    else:
+        vqvae = VQModel.from_pretrained(str(Path(args.model) / "vqvae"), torch_dtype=torch.float32).eval()
+        index = write_self_samples(pipe, vqvae, out, args.num_prompts, args.seed, args.render_seed,
+                                   args.batch_size, progress)
+        print(json.dumps(index["self_samples"]))
     print(f"wrote {index['count']} rows to {out}")
     return 0
