@@ -36,6 +36,16 @@ def _encode_text(tokenizer, text_encoder, captions: list[str]) -> tuple[torch.Te
     return states.to(torch.bfloat16), pooled.float()
 
 
+def _open_writer(pipeline, output: str | Path) -> tuple[int, ShardWriter, torch.Tensor]:
+    """The pipeline's resolution, a shard writer for its token grids with embedded text, and the micro-conditions
+    world renders are encoded with (full image, no crop)."""
+    side = pipeline.config.default_resolution
+    codes = pipeline.vqvae.config.num_vq_embeddings
+    meta = shard_meta(side, side // pipeline.vq_scale, codes, "embeddings", pipeline.tokenizer,
+                      pipeline.text_encoder)
+    return side, ShardWriter(output, meta), torch.tensor([side, side, 0.0, 0.0, 6.0])
+
+
 @torch.no_grad()
 def write_self_samples(
     pipeline,
@@ -57,12 +67,8 @@ def write_self_samples(
     """
     if num_prompts < 1:
         raise ValueError(f"num_prompts must be >= 1, got {num_prompts}")
-    side = pipeline.config.default_resolution
+    side, writer, micro = _open_writer(pipeline, output)
     tokenizer, text_encoder = pipeline.tokenizer, pipeline.text_encoder
-    codes = pipeline.vqvae.config.num_vq_embeddings
-    meta = shard_meta(side, side // pipeline.vq_scale, codes, "embeddings", tokenizer, text_encoder)
-    writer = ShardWriter(output, meta)
-    micro = torch.tensor([side, side, 0.0, 0.0, 6.0])  # as world renders are encoded: full image, no crop
     rng = np.random.default_rng(seed)
 
     def add(tokens: torch.Tensor, captions: list[str]) -> None:
@@ -126,12 +132,8 @@ def write_preference_pairs(
         raise ValueError(f"num_prompts must be >= 1, got {num_prompts}")
     if samples_per_prompt < 2:
         raise ValueError(f"samples_per_prompt must be >= 2 to form pairs, got {samples_per_prompt}")
-    side = pipeline.config.default_resolution
+    side, writer, micro = _open_writer(pipeline, output)
     tokenizer, text_encoder = pipeline.tokenizer, pipeline.text_encoder
-    codes = pipeline.vqvae.config.num_vq_embeddings
-    meta = shard_meta(side, side // pipeline.vq_scale, codes, "embeddings", tokenizer, text_encoder)
-    writer = ShardWriter(output, meta)
-    micro = torch.tensor([side, side, 0.0, 0.0, 6.0])
 
     tasks = training_tasks(num_prompts, seed)
     prompts, right, pairs = Counter(), Counter(), Counter()

@@ -29,26 +29,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sample.add_argument("--json", action="store_true", help="print the structured tasks as JSON lines")
     tokenizer = actions.add_parser("tokenizer", help="write a CLIP tokenizer with one token per caption word")
     tokenizer.add_argument("--out", required=True, help="tokenizer folder (vocab.json + merges.txt)")
-    own = actions.add_parser(
-        "self-samples",
-        help="preencoded shards of a model's own correct samples (detector-filtered) and as many training renders",
+    own = _sampling_parser(
+        actions, "self-samples",
+        "preencoded shards of a model's own correct samples (detector-filtered) and as many training renders",
     )
-    own.add_argument("--model", required=True, help="Meissonic checkpoint folder to sample with")
-    own.add_argument("--out", required=True, help="preencoded folder to write (must not exist)")
-    own.add_argument("--num-prompts", type=int, required=True, help="training-split prompts to sample")
-    own.add_argument("--seed", type=int, default=0, help="seed of the prompt list and of sampling")
     own.add_argument("--render-seed", type=int, default=0, help="seed of the paired training renders")
-    own.add_argument("--batch-size", type=int, default=16)
-    pairs = actions.add_parser(
-        "preference-pairs",
-        help="preencoded (right, wrong) pairs of a model's own samples of the same prompts (detector-judged)",
+    pairs = _sampling_parser(
+        actions, "preference-pairs",
+        "preencoded (right, wrong) pairs of a model's own samples of the same prompts (detector-judged)",
     )
-    pairs.add_argument("--model", required=True, help="Meissonic checkpoint folder to sample with")
-    pairs.add_argument("--out", required=True, help="preencoded folder to write (must not exist)")
-    pairs.add_argument("--num-prompts", type=int, required=True, help="training-split prompts to sample")
-    pairs.add_argument("--seed", type=int, default=0, help="seed of the prompt list and of sampling")
     pairs.add_argument("--samples-per-prompt", type=int, default=4, help="images drawn per prompt (>= 2)")
-    pairs.add_argument("--batch-size", type=int, default=16, help="images per sampling call")
+
+
+def _sampling_parser(actions, name: str, help: str) -> argparse.ArgumentParser:
+    """A subcommand that samples training-split prompts with a model and writes preencoded rows."""
+    parser = actions.add_parser(name, help=help)
+    parser.add_argument("--model", required=True, help="Meissonic checkpoint folder to sample with")
+    parser.add_argument("--out", required=True, help="preencoded folder to write (must not exist)")
+    parser.add_argument("--num-prompts", type=int, required=True, help="training-split prompts to sample")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the prompt list and of sampling")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per sampling call")
+    return parser
 
 
 def run(args: argparse.Namespace) -> int:
