@@ -296,18 +296,18 @@ def validate(config: Any, source: str = "config") -> None:
         raise ValueError(f"{source}: optim.schedule must be constant, cosine or linear")
     if config.optim.optimizer not in ("adamw", "adamw8bit"):
         raise ValueError(f"{source}: optim.optimizer must be adamw or adamw8bit")
-    if isinstance(config, TrainConfig) and not 0.0 <= config.objective.cfg_dropout <= 1.0:
-        raise ValueError(f"{source}: objective.cfg_dropout must be in [0, 1]")
     if isinstance(config, TrainConfig):
+        from ..sampling.options import SamplerOptions
+
         objective = config.objective
+        if not 0.0 <= objective.cfg_dropout <= 1.0:
+            raise ValueError(f"{source}: objective.cfg_dropout must be in [0, 1]")
         for name in ("preference_beta", "preference_sft_weight"):
             if getattr(objective, name) < 0:
                 raise ValueError(f"{source}: objective.{name} must be >= 0, got {getattr(objective, name)}")
         if objective.preference_beta > 0 and objective.train_text_encoder:
             raise ValueError(f"{source}: preference training (objective.preference_beta > 0) needs a frozen "
                              "text encoder (objective.train_text_encoder: false)")
-    if isinstance(config, TrainConfig):
-        from ..sampling.options import SamplerOptions
 
         try:
             SamplerOptions.parse(config.validation.sampler)

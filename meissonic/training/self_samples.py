@@ -10,7 +10,7 @@ right while the renders keep it anchored to true shapes. Held-out compositions n
 
 `write_preference_pairs` draws several images per prompt instead and keeps, for prompts drawn both right and
 wrong, disjoint (right, wrong) pairs of token grids: rows whose `tokens` are the chosen grid and
-`rejected_tokens` the rejected one, for the preference objective (`objective.preference` in a training config).
+`rejected_tokens` the rejected one, for the preference objective (`objective.preference_beta` > 0 in a training config).
 """
 
 from __future__ import annotations

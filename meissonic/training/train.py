@@ -322,13 +322,21 @@ class Trainer:
             tokens = batch["tokens"].to(self.device).long()
         else:
             tokens = vq_encode(self.vqvae, batch["pixels"].to(self.device))
+        masks = masks.to(self.device)
+        logits = self.model(*self.model_inputs(batch, tokens, masks, drop))
+        return masked_cross_entropy_sum(logits, tokens, masks)
+
+    def model_inputs(
+        self, batch: dict, tokens: torch.Tensor, masks: torch.Tensor, drop: torch.Tensor, copies: int = 1
+    ) -> tuple[torch.Tensor, ...]:
+        """The transformer's arguments for `tokens` masked at `masks`, with the batch's text (CFG-dropped where
+        `drop`) and micro-conditions; `copies` > 1 when `tokens` stacks that many grids per sample."""
         states, pooled, empty_states, empty_pooled = self.conditioning(batch)
         states, pooled = apply_cfg_dropout(states, pooled, empty_states, empty_pooled, drop)
-        masks = masks.to(self.device)
         inputs = masked_inputs(tokens, masks, self.mask_id)
         timestep = timestep_for(masks.float().mean(dim=1), self.convention).to(self.device)
-        logits = self.model(inputs, states, pooled, timestep, batch["micro_conds"].to(self.device).float())
-        return masked_cross_entropy_sum(logits, tokens, masks)
+        micro = batch["micro_conds"].to(self.device).float()
+        return inputs, states.repeat(copies, 1, 1), pooled.repeat(copies, 1), timestep, micro.repeat(copies, 1)
 
     def preference_micro_step(
         self, batch: dict, masks: torch.Tensor, drop: torch.Tensor
@@ -338,14 +346,9 @@ class Trainer:
         summed cross-entropy, and the margins of the pairs not dropped."""
         chosen = batch["tokens"].to(self.device).long()
         rejected = batch["rejected_tokens"].to(self.device).long()
-        states, pooled, empty_states, empty_pooled = self.conditioning(batch)
-        states, pooled = apply_cfg_dropout(states, pooled, empty_states, empty_pooled, drop)
         tokens = torch.cat([chosen, rejected])  # (2B, h, w): chosen first
         both = torch.cat([masks, masks]).to(self.device)
-        inputs = masked_inputs(tokens, both, self.mask_id)
-        timestep = timestep_for(both.float().mean(dim=1), self.convention).to(self.device)
-        micro = batch["micro_conds"].to(self.device).float()
-        args = (inputs, states.repeat(2, 1, 1), pooled.repeat(2, 1), timestep, micro.repeat(2, 1))
+        args = self.model_inputs(batch, tokens, both, drop, copies=2)
         likelihood = masked_log_likelihood(self.model(*args), tokens, both)
         with torch.no_grad(), self.accelerator.autocast():
             reference = masked_log_likelihood(self.reference(*args), tokens, both)
