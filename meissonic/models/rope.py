@@ -46,6 +46,9 @@ class RotaryEmbedding(nn.Module):
 
         The singleton dim broadcasts over the heads of (B, S, heads, head_dim) tensors.
         """
+        if torch.compiler.is_compiling():  # built inside the graph: no cache lookup for the compiler to guard on
+            cos, sin = self.tables(rope_ids(text_len, height, width, device))
+            return cos[:, None], sin[:, None]
         key = (text_len, height, width, str(device))
         if key not in self._cache:
             with torch.inference_mode(False):  # usable later with autograd, even if first built without

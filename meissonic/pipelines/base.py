@@ -6,6 +6,7 @@ The three pipelines differ only in their start state (all masked, a partly maske
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,7 @@ class MeissonicPipelineOutput(BaseOutput):
 TEXT2IMAGE_SETTINGS = ("default_steps", "default_guidance_scale", "default_sampler")
 PIPELINE_SETTINGS = ("default_resolution", *TEXT2IMAGE_SETTINGS)
 RELEASED_STEPS, RELEASED_GUIDANCE = 48, 9.0
+logger = logging.getLogger(__name__)
 
 
 class MeissonicPipelineBase(DiffusionPipeline):
@@ -52,6 +54,8 @@ class MeissonicPipelineBase(DiffusionPipeline):
     e.g. {"guidance_interval": [0.0, 0.5]}."""
 
     model_cpu_offload_seq = "text_encoder->transformer->vqvae"
+    _compile_freeze: bool | None = None  # None: sample eagerly; see `compile`
+    _compiled: tuple | None = None  # (compiled callable, the module it wraps, its weights' version counters)
 
     def __init__(
         self,
@@ -288,6 +292,7 @@ class MeissonicPipelineBase(DiffusionPipeline):
         has_uncond = states.shape[0] == 2 * batch
         editable = (tokens == mask_id).flatten(1)  # what this call may (re-)decide
         priority = halton_priority(*tokens.shape[-2:], batch, tokens.device) if options.order == "halton" else None
+        transformer = self.sampling_transformer(options)
 
         def predict(current: torch.Tensor, step: int, scale: float) -> torch.Tensor:
             """Logits (B, C, h, w) at `step`'s timestep with guidance `scale` (1: conditional, 0: unconditional)."""
@@ -295,16 +300,15 @@ class MeissonicPipelineBase(DiffusionPipeline):
             if has_uncond and scale != 1.0:
                 if scale == 0.0:
                     with activation_layout(self.transformer, "uncond"):
-                        return self.transformer(current, states[:batch], pooled[:batch], timestep,
-                                                micro_conds).float()
+                        return transformer(current, states[:batch], pooled[:batch], timestep, micro_conds).float()
                 with activation_layout(self.transformer, "split"):
-                    logits = self.transformer(torch.cat([current, current]), states, pooled,
-                                              torch.cat([timestep, timestep]),
-                                              torch.cat([micro_conds, micro_conds])).float()
+                    logits = transformer(torch.cat([current, current]), states, pooled,
+                                         torch.cat([timestep, timestep]),
+                                         torch.cat([micro_conds, micro_conds])).float()
                 uncond, cond = logits.chunk(2)
                 return uncond + scale * (cond - uncond)
             with activation_layout(self.transformer, "cond"):
-                return self.transformer(current, states[-batch:], pooled[-batch:], timestep, micro_conds).float()
+                return transformer(current, states[-batch:], pooled[-batch:], timestep, micro_conds).float()
 
         def decode_step(current: torch.Tensor, step: int, previous: torch.Tensor | None):
             """One normal step; returns the new tokens, the probabilities it used and its logits."""
@@ -346,6 +350,48 @@ class MeissonicPipelineBase(DiffusionPipeline):
                         tokens = update["tokens"]
         return tokens
 
+    # ----- compilation --------------------------------------------------------------------------------------------
+    def compile(self, freeze: bool = True) -> MeissonicPipelineBase:
+        """Sample through `torch.compile` (inductor) from the next call on; returns the pipeline.
+
+        On a CPU with `freeze` (weights folded into the compiled code, oneDNN-packed) a transformer call of the
+        embedded model runs about 1.7x faster. Each new batch shape compiles once, in seconds to a minute (inductor
+        caches on disk across processes), so it pays in long-running processes (servers, evaluations, grids),
+        not for one image. The compiled code is rebuilt when the transformer or its weights change (`to`,
+        `quantize`, in-place loads). Calls with token merging or W4A8 activations run eagerly, and if compilation
+        fails (e.g. no C++ compiler) a warning is logged and sampling goes on eagerly.
+        """
+        self._compile_freeze, self._compiled = bool(freeze), None
+        return self
+
+    def sampling_transformer(self, options: SamplerOptions) -> Callable[..., torch.Tensor]:
+        """What the decoding loop calls: the transformer, or its compiled form after `compile`."""
+        model = self.transformer
+        if self._compile_freeze is None or options.tome_ratio > 0 or hasattr(model, "_activation_layout"):
+            return model
+        versions = [p._version for p in model.parameters()]
+        if self._compiled is None or self._compiled[1] is not model or self._compiled[2] != versions:
+            compiled = torch.compile(model, dynamic=False, options={"freezing": self._compile_freeze})
+            self._compiled = (compiled, model, versions)
+        compiled = self._compiled[0]
+
+        def call(*args: torch.Tensor) -> torch.Tensor:
+            if self._compile_freeze is None:  # compilation failed earlier in this loop
+                return model(*args)
+            try:
+                return compiled(*args)
+            except Exception as error:  # noqa: BLE001 (any compiler failure: fall back, the eager call re-raises)
+                logger.warning("torch.compile failed (%s: %s); sampling eagerly from now on",
+                               type(error).__name__, error)
+                self._compile_freeze, self._compiled = None, None
+                return model(*args)
+
+        return call
+
+    def to(self, *args, **kwargs) -> MeissonicPipelineBase:
+        self._compiled = None
+        return super().to(*args, **kwargs)
+
     # ----- quantization -------------------------------------------------------------------------------------------
     @torch.no_grad()
     def quantize(
@@ -364,6 +410,7 @@ class MeissonicPipelineBase(DiffusionPipeline):
         weights in groups of `group_size`, 8-bit activations with separate scales for the unconditional and
         conditional halves, calibrated by sampling `calibration_prompts` for `calibration_steps` steps with
         `guidance_scale`). Returns a report: bytes before/after, layers replaced, layers with activation scales."""
+        self._compiled = None
         absmax = None
         if mode == "w4a8":
             if not calibration_prompts:

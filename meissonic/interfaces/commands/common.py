@@ -78,7 +78,7 @@ def add_enhance_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--early-steps", type=float, metavar="FRACTION",
                        help="fraction of the steps that decodes the first half of the mask schedule (default 0.5, "
                             "the plain schedule; above: finer early steps, where the layout is decided)")
-    quant = parser.add_argument_group("quantization")
+    quant = parser.add_argument_group("quantization and compilation")
     quant.add_argument("--quantize", choices=["int8", "fp8", "w4a8"],
                        help="quantize the transformer: int8/fp8 weight-only, or W4A8 (SCQ, calibrated)")
     quant.add_argument("--calibration-prompts", metavar="FILE",
@@ -86,6 +86,9 @@ def add_enhance_arguments(parser: argparse.ArgumentParser) -> None:
     quant.add_argument("--calibration-count", type=int, default=256,
                        help="w4a8: how many world training prompts to calibrate on without a file (default 256)")
     quant.add_argument("--calibration-steps", type=int, default=8, help="w4a8: steps per calibration image")
+    quant.add_argument("--compile", action="store_true",
+                       help="sample through torch.compile: ~1.5x faster images once each batch shape has compiled "
+                            "(seconds to a minute, cached on disk); pays in servers, evaluations and grids")
 
 
 # Enhanced-inference flags that set one SamplerOptions field each (flag attribute -> field).
@@ -149,8 +152,11 @@ def read_prompt_file(path: str) -> list[str]:
     return prompts
 
 
-def apply_quantization(pipe, args: argparse.Namespace) -> dict | None:
-    """Quantize the pipeline's transformer as --quantize says (w4a8 calibrates first); returns the report."""
+def apply_model_options(pipe, args: argparse.Namespace) -> dict | None:
+    """Quantize the pipeline's transformer as --quantize says (w4a8 calibrates first; returns the report) and
+    compile it with --compile."""
+    if getattr(args, "compile", False):
+        pipe.compile()
     mode = getattr(args, "quantize", None)
     if not mode:
         return None

@@ -10,7 +10,7 @@ from .common import (
     add_model_arguments,
     add_output_arguments,
     add_sampling_arguments,
-    apply_quantization,
+    apply_model_options,
     generators,
     load_pipeline,
     output_paths,
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     common = dict(num_images_per_prompt=count, generator=generators(args.seed, count),
                   sampler=sampler_options(args), **kwargs)
     pipe = load_pipeline(args, MeissonicImg2ImgPipeline if mode == "img2img" else MeissonicInpaintPipeline)
-    apply_quantization(pipe, args)
+    apply_model_options(pipe, args)
     if mode == "img2img":
         images = pipe(args.prompt, image=image, **common).images
     elif mode == "inpaint":

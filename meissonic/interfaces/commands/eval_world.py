@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from .common import add_enhance_arguments, add_temperature_argument, apply_quantization, sampler_options
+from .common import add_enhance_arguments, add_temperature_argument, apply_model_options, sampler_options
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         args.steps, args.guidance_scale = pipe.sampling_defaults(args.steps, args.guidance_scale)
         args.size = pipe.config.default_resolution if args.size is None else args.size
         sampler = sampler_options(args, pipe.default_sampler_options)
-        apply_quantization(pipe, args)
+        apply_model_options(pipe, args)
         pipe.set_progress_bar_config(disable=True)
         images = _generate(pipe, tasks, args, sampler)
         if args.save_images:

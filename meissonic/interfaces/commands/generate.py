@@ -15,7 +15,7 @@ from .common import (
     add_model_arguments,
     add_output_arguments,
     add_sampling_arguments,
-    apply_quantization,
+    apply_model_options,
     generators,
     load_pipeline,
     output_paths,
@@ -74,7 +74,7 @@ def run_bulk(args: argparse.Namespace) -> int:
         args.device = str(state.device)
     pipe = load_pipeline(args, MeissonicPipeline)
     pipe.set_progress_bar_config(disable=True)
-    apply_quantization(pipe, args)
+    apply_model_options(pipe, args)
     kwargs = {**sampling_kwargs(args), "sampler": sampler_options(args, pipe.default_sampler_options)}
     with state.split_between_processes(list(range(len(prompts)))) as lines:
         for start in range(0, len(lines), args.batch_size):
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     count = len(args.prompt) * args.num_images
     paths = output_paths(args.output, 1 if args.grid else count, args.overwrite)  # fail before loading anything
     pipe = load_pipeline(args, MeissonicPipeline)
-    apply_quantization(pipe, args)
+    apply_model_options(pipe, args)
     if args.grid:  # a column per seed: image k of every prompt uses seed + k
         gens = [g for _ in args.prompt for g in generators(args.seed, args.num_images)]
     else:  # image i of the whole list uses seed + i

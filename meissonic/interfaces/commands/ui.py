@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_enhance_arguments, add_model_arguments, apply_quantization, load_pipeline, sampler_settings
+from .common import add_enhance_arguments, add_model_arguments, apply_model_options, load_pipeline, sampler_settings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,12 +24,15 @@ def add_memory_and_sampler_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_for_interface(args: argparse.Namespace):
-    """The text-to-image pipeline as the model flags say, quantized if asked, and the sampler settings the flags
-    set (field -> value; see `sampler_settings`), to lay over the checkpoint's own sampler."""
+    """The text-to-image pipeline as the model flags say, quantized and compiled if asked, and the sampler
+    settings the flags set (field -> value; see `sampler_settings`), to lay over the checkpoint's own sampler."""
     from ...pipelines import MeissonicPipeline
 
     pipe = load_pipeline(args, MeissonicPipeline)
-    apply_quantization(pipe, args)
+    apply_model_options(pipe, args)
+    if args.compile:  # compile one image's shapes (guided and unguided steps) before the first request
+        print("compiling the transformer for one-image requests (seconds to a minute)...", flush=True)
+        pipe("warm-up", output_type="tokens")
     return pipe, sampler_settings(args)
 
 
