@@ -55,7 +55,7 @@ class MeissonicPipelineBase(DiffusionPipeline):
 
     model_cpu_offload_seq = "text_encoder->transformer->vqvae"
     _compile_freeze: bool | None = None  # None: sample eagerly; see `compile`
-    _compiled: tuple | None = None  # (compiled callable, the module it wraps, its weights' version counters)
+    _compiled: tuple | None = None  # (compiled callable, the module it wraps, its weights' storages and versions)
 
     def __init__(
         self,
@@ -358,8 +358,8 @@ class MeissonicPipelineBase(DiffusionPipeline):
         embedded model runs about 1.7x faster. Each new batch shape compiles once, in seconds to a minute (inductor
         caches on disk across processes), so it pays in long-running processes (servers, evaluations, grids),
         not for one image. The compiled code is rebuilt when the transformer or its weights change (`to`,
-        `quantize`, in-place loads). Calls with token merging or W4A8 activations run eagerly, and if compilation
-        fails (e.g. no C++ compiler) a warning is logged and sampling goes on eagerly.
+        `quantize`, loads in place or by assignment). Calls with token merging or W4A8 activations run eagerly,
+        and if compilation fails (e.g. no C++ compiler) a warning is logged and sampling goes on eagerly.
         """
         self._compile_freeze, self._compiled = bool(freeze), None
         return self
@@ -369,10 +369,11 @@ class MeissonicPipelineBase(DiffusionPipeline):
         model = self.transformer
         if self._compile_freeze is None or options.tome_ratio > 0 or hasattr(model, "_activation_layout"):
             return model
-        versions = [p._version for p in model.parameters()]
-        if self._compiled is None or self._compiled[1] is not model or self._compiled[2] != versions:
+        # Weights replaced (another storage: a move, a load with assign=True) or changed in place (version counter).
+        weights = [(p.data_ptr(), p._version) for p in model.parameters()]
+        if self._compiled is None or self._compiled[1] is not model or self._compiled[2] != weights:
             compiled = torch.compile(model, dynamic=False, options={"freezing": self._compile_freeze})
-            self._compiled = (compiled, model, versions)
+            self._compiled = (compiled, model, weights)
         compiled = self._compiled[0]
 
         def call(*args: torch.Tensor) -> torch.Tensor:
@@ -387,10 +388,6 @@ class MeissonicPipelineBase(DiffusionPipeline):
                 return model(*args)
 
         return call
-
-    def to(self, *args, **kwargs) -> MeissonicPipelineBase:
-        self._compiled = None
-        return super().to(*args, **kwargs)
 
     # ----- quantization -------------------------------------------------------------------------------------------
     @torch.no_grad()
