@@ -47,6 +47,8 @@ def record_calls(module):
     ({"early_steps": 0.0}, "early_steps"), ({"early_steps": 1.0}, "early_steps"), ({"early_steps": "a"}, "early_steps"),
     ({"late_token_temperature": 0.0}, "late_token_temperature"),
     ({"late_token_temperature": True}, "late_token_temperature"),
+    ({"guidance_outside": -0.1}, "guidance_outside"), ({"guidance_outside": 1.5}, "guidance_outside"),
+    ({"guidance_outside": True}, "guidance_outside"),
 ])
 def test_bad_options_name_the_option(kwargs, name):
     with pytest.raises(ValueError, match=name):
@@ -89,6 +91,10 @@ def test_guidance_schedules_and_interval():
         [1 + 8 * (1 - math.cos(math.pi * i / 4)) / 2 for i in range(5)])
     window = SamplerOptions(guidance_interval=(0.2, 0.6))
     assert [window.guidance_at(i, 5, 9.0) for i in range(5)] == [1.0, 9.0, 9.0, 1.0, 1.0]
+    kept = SamplerOptions(guidance_interval=(0.2, 0.6), guidance_outside=0.25)  # 1 + 8 * 0.25 outside
+    assert [kept.guidance_at(i, 5, 9.0) for i in range(5)] == [3.0, 9.0, 9.0, 3.0, 3.0]
+    assert kept.guidance_at(0, 5, 1.0) == 1.0  # still no guidance when the scale asks for none
+    assert SamplerOptions.parse("guidance_outside=0.5").changes() == {"guidance_outside": 0.5}
     assert constant.guidance_at(0, 5, 0.5) == 1.0  # scales <= 1 mean no guidance, as in vanilla
 
 

@@ -27,6 +27,8 @@ class SamplerOptions:
     zigzag: masked Z-sampling: step, inversion with guidance `zigzag_guidance` (published 0), step again.
     guidance_schedule: "constant", or a "linear" / "cosine" ramp of the scale from 1 to its value over the steps.
     guidance_interval: (start, end) fractions of the steps in which guidance is applied (outside: scale 1).
+    guidance_outside: the share of the guidance kept outside `guidance_interval`: the scale there is
+        1 + (s - 1) * guidance_outside (0: conditional only; 1: the full scale, as without an interval).
     order: "confidence" (MaskGIT) or "halton" (unmask in a fixed 2-D Halton order, Besnier et al. 2025).
     tome_ratio: TomeMGT: fraction of image tokens merged in the dual-stream blocks (0: off, published 0.25);
         `tome_reuse` blocks share one merge plan; `tome_seed` seeds the random destination in each 2x2 window.
@@ -45,6 +47,7 @@ class SamplerOptions:
     zigzag_guidance: float = 0.0
     guidance_schedule: str = "constant"
     guidance_interval: tuple[float, float] = (0.0, 1.0)
+    guidance_outside: float = 0.0
     order: str = "confidence"
     tome_ratio: float = 0.0
     tome_reuse: int = 5
@@ -68,6 +71,8 @@ class SamplerOptions:
         interval = self.guidance_interval
         _check(len(interval) == 2 and 0.0 <= interval[0] < interval[1] <= 1.0, "guidance_interval",
                "two fractions 0 <= start < end <= 1", interval)
+        _check(_is_number(self.guidance_outside) and 0.0 <= self.guidance_outside <= 1.0, "guidance_outside",
+               "a fraction in [0, 1]", self.guidance_outside)
         _check(self.order in ORDERS, "order", f"one of {ORDERS}", self.order)
         _check(0.0 <= self.tome_ratio < 1.0, "tome_ratio", "in [0, 1)", self.tome_ratio)
         _check(isinstance(self.tome_reuse, int) and self.tome_reuse >= 1, "tome_reuse", "an integer >= 1",
@@ -148,15 +153,16 @@ class SamplerOptions:
         return self.token_temperature * (self.late_token_temperature if late else 1.0)
 
     def guidance_at(self, step_index: int, num_steps: int, guidance_scale: float) -> float:
-        """The guidance scale of step i: 1 (conditional only) when guidance is off or outside the interval,
-        else 1 + (s - 1) * w_i with w = 1 (constant), p (linear) or (1 - cos(pi p)) / 2 (cosine), p = i / (N-1)."""
+        """The guidance scale of step i: 1 (conditional only) when guidance is off; outside the interval
+        1 + (s - 1) * guidance_outside; inside 1 + (s - 1) * w_i with w = 1 (constant), p (linear) or
+        (1 - cos(pi p)) / 2 (cosine), p = i / (N-1)."""
         if guidance_scale <= 1.0:
             return 1.0
         progress = step_index / (num_steps - 1) if num_steps > 1 else 1.0
         start, end = self.guidance_interval
         inside = start <= step_index / num_steps < end
         if not inside:
-            return 1.0
+            return 1.0 + (guidance_scale - 1.0) * self.guidance_outside
         if self.guidance_schedule == "constant":
             return guidance_scale
         weight = progress if self.guidance_schedule == "linear" else (1 - math.cos(math.pi * progress)) / 2

@@ -65,6 +65,9 @@ def add_enhance_arguments(parser: argparse.ArgumentParser) -> None:
                        help="guidance scale over the steps: constant, or a linear/cosine ramp from 1")
     group.add_argument("--guidance-interval", type=float, nargs=2, metavar=("START", "END"),
                        help="apply guidance only in this fraction of the steps, e.g. 0.1 0.8")
+    group.add_argument("--guidance-outside", type=float, metavar="FRACTION",
+                       help="share of the guidance kept outside --guidance-interval: scale 1 + (s - 1) x FRACTION "
+                            "there (default 0: conditional only)")
     group.add_argument("--halton", action="store_true", help="unmask in the Halton order instead of by confidence")
     group.add_argument("--tome", type=float, nargs="?", const=0.25, metavar="RATIO",
                        help="TomeMGT token merging in the dual-stream blocks (flag alone: ratio 0.25)")
@@ -95,6 +98,7 @@ def add_enhance_arguments(parser: argparse.ArgumentParser) -> None:
 _SAMPLER_FLAGS = {
     "noise_reg": "noise_reg",
     "guidance_schedule": "guidance_schedule",
+    "guidance_outside": "guidance_outside",
     "tome": "tome_ratio",
     "tome_reuse": "tome_reuse",
     "token_temperature": "token_temperature",

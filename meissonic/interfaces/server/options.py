@@ -97,6 +97,8 @@ KNOWN: dict[str, SamplerOption] = {o.name: o for o in (
     _known("guidance_schedule", "choice", "Guidance schedule", choices=("constant", "linear", "cosine")),
     _known("guidance_interval", "pair", "Guidance interval", 0.0, 1.0, 0.05,
            info="fractions of the steps with guidance; start < end"),
+    _known("guidance_outside", "float", "Guidance outside the interval", 0.0, 1.0, 0.05,
+           info="share of the guidance kept outside the interval; 0: conditional only"),
     _known("order", "choice", "Unmasking order", choices=("confidence", "halton")),
     _known("tome_ratio", "float", "Token merging ratio", 0.0, 0.9, 0.05, info="0: off; published 0.25"),
     _known("tome_reuse", "int", "Token merging: blocks per merge plan", 1, 64, 1),
