@@ -34,6 +34,7 @@ fi
 "$meissonic" train --config configs/default_model/transformer8_32t1_rft.yaml $(resume "$runs/transformer8_32t1_rft")
 # Packaged with the default sampler: 20 steps, the first 14 on the first half of the mask schedule, guided
 # (fifteenth session, docs/default_model.md "Finer early steps"), the last 6 at token temperature 0.1
-# (seventeenth session, "A colder draw in the late steps").
+# (seventeenth session, "A colder draw in the late steps") and guided at half the scale's excess, 2
+# (twenty-first session, "Weaker guidance kept in the late steps").
 "$python" scripts/package_default_model.py "$runs/transformer8_32t1_rft/export" --steps 20 \
-  --sampler "guidance_interval=0:0.7,early_steps=0.7,late_token_temperature=0.1"
+  --sampler "guidance_interval=0:0.7,early_steps=0.7,late_token_temperature=0.1,guidance_outside=0.5"
