@@ -26,7 +26,7 @@ class SamplerOptions:
         KL(p_i || p_{i-1})) are drawn from normalize(max(p_i - p_{i-1}, 1e-6)) (published 0.75).
     zigzag: masked Z-sampling: step, inversion with guidance `zigzag_guidance` (published 0), step again.
     guidance_schedule: "constant", or a "linear" / "cosine" ramp of the scale from 1 to its value over the steps.
-    guidance_interval: (start, end) fractions of the steps in which guidance is applied (outside: scale 1).
+    guidance_interval: (start, end) fractions of the steps in which guidance is applied at the full scale.
     guidance_outside: the share of the guidance kept outside `guidance_interval`: the scale there is
         1 + (s - 1) * guidance_outside (0: conditional only; 1: the full scale, as without an interval).
     order: "confidence" (MaskGIT) or "halton" (unmask in a fixed 2-D Halton order, Besnier et al. 2025).
