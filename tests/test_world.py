@@ -200,6 +200,24 @@ def test_write_dataset_deterministic_and_resumable(tmp_path):
         write_dataset(tmp_path / "a", 6, seed=4)
 
 
+def test_scene_weights_set_the_mix_of_scene_types(tmp_path):
+    weights = {"position": 3, "single": 1}
+    types = Counter(training_example(i, seed=2, scene_weights=weights)[0].scene_type for i in range(600))
+    assert set(types) == {"position", "single"}
+    assert 0.68 < types["position"] / 600 < 0.82
+    unweighted = Counter(training_example(i, seed=2)[0].scene_type for i in range(600))
+    assert set(unweighted) == {"single", "count", "pair", "position"}
+    for bad in ({"triangle": 1}, {"position": -1}, {"position": 0}, {"position": float("nan")}):
+        with pytest.raises(ValueError):
+            training_example(0, scene_weights=bad)
+    write_dataset(tmp_path, 2, seed=2, scene_weights=weights)
+    rows = [json.loads(x) for x in (tmp_path / "metadata.jsonl").read_text().splitlines()]
+    assert [row["text"] for row in rows] == [training_example(i, 2, 4, weights)[1][0] for i in range(2)]
+    with pytest.raises(ValueError, match="other settings"):  # resuming must not mix two streams in one folder
+        write_dataset(tmp_path, 4, seed=2)
+    assert len((tmp_path / "metadata.jsonl").read_text().splitlines()) == 2
+
+
 def test_world_cli(tmp_path, capsys):
     from meissonic.interfaces.commands import world
 
@@ -207,6 +225,12 @@ def test_world_cli(tmp_path, capsys):
     world.add_arguments(parser)
     assert world.run(parser.parse_args(["render", "--out", str(tmp_path), "--num", "3", "--seed", "1"])) == 0
     assert len((tmp_path / "metadata.jsonl").read_text().splitlines()) == 3
+    args = ["render", "--out", str(tmp_path / "w"), "--num", "2", "--scene-weights", "position=2,pair=1"]
+    assert world.run(parser.parse_args(args)) == 0
+    assert json.loads((tmp_path / "w" / "world.json").read_text())["scene_weights"] == {"position": 2, "pair": 1}
+    for bad in ("position", "position=x", "circle=1"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["render", "--out", str(tmp_path), "--num", "1", "--scene-weights", bad])
     capsys.readouterr()
     assert world.run(parser.parse_args(["sample", "--num", "4", "--split", "heldout"])) == 0
     lines = capsys.readouterr().out.splitlines()

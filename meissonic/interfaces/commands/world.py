@@ -22,6 +22,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     render.add_argument("--seed", type=int, default=0)
     render.add_argument("--size", type=int, default=256)
     render.add_argument("--num-captions", type=int, default=4, help="paraphrases stored per image")
+    render.add_argument(
+        "--scene-weights",
+        type=_scene_weights,
+        default=None,
+        metavar="TYPE=W,...",
+        help="relative frequency of the scene types, e.g. position=2,pair=1,count=1,single=1 "
+        "(types left out are not drawn; default: all four equally)",
+    )
     sample = actions.add_parser("sample", help="print prompts (training scenes or held-out evaluation tasks)")
     sample.add_argument("--num", type=int, default=8)
     sample.add_argument("--seed", type=int, default=0)
@@ -39,6 +47,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "preencoded (right, wrong) pairs of a model's own samples of the same prompts (detector-judged)",
     )
     pairs.add_argument("--samples-per-prompt", type=int, default=4, help="images drawn per prompt (>= 2)")
+
+
+def _scene_weights(text: str) -> dict[str, float]:
+    from meissonic.world.dataset import check_scene_weights
+
+    weights = {}
+    for item in text.split(","):
+        name, sep, value = item.partition("=")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise argparse.ArgumentTypeError(f"expected TYPE=WEIGHT items separated by commas, got {item!r}")
+    try:
+        check_scene_weights(weights)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return weights
 
 
 def _sampling_parser(actions, name: str, help: str) -> argparse.ArgumentParser:
@@ -68,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
             size=args.size,
             num_captions=args.num_captions,
             progress=progress,
+            scene_weights=args.scene_weights,
         )
         print(f"wrote {args.num} images and {path}")
         return 0
