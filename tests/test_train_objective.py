@@ -35,6 +35,34 @@ def test_mask_counts_follow_the_cosine_schedule():
     assert timestep_for(torch.tensor([0.25]), "mask_ratio").item() == 0.25
 
 
+def test_min_mask_ratio_restricts_the_cosine_schedule_to_high_ratios():
+    length, low = 100, 0.8
+    masks = sample_masks(4000, length, torch.Generator().manual_seed(0), min_mask_ratio=low)
+    ratios = masks.sum(1).float() / length
+    assert ratios.min() >= low and ratios.max() == 1.0
+    # u ~ U(0, a), a = 2 acos(low) / pi: E[cos(pi u / 2)] = 2 sin(pi a / 2) / (pi a),
+    # P(r >= 0.95) = acos(0.95) / acos(low)
+    a = 2 * math.acos(low) / math.pi
+    assert abs(ratios.mean().item() - 2 * math.sin(math.pi * a / 2) / (math.pi * a)) < 0.005
+    assert abs((ratios >= 0.95).float().mean().item() - math.acos(0.95) / math.acos(low)) < 0.03
+    assert torch.equal(sample_masks(8, 16, torch.Generator().manual_seed(1)),
+                       sample_masks(8, 16, torch.Generator().manual_seed(1), min_mask_ratio=0.0))
+
+
+def test_training_with_min_mask_ratio_masks_only_high_ratios(assets, tmp_path):
+    root, data, vq = assets
+    config = tiny_train_config(tmp_path, data, vq, **{"max_steps": 3, "objective.min_mask_ratio": 0.9})
+    trainer = Trainer(load_config(write_config(tmp_path / "c.yaml", config)))
+    inputs = []
+    trainer.transformer.register_forward_pre_hook(lambda module, args: inputs.append(args[0]))
+    trainer.run(export=False)
+    assert len(inputs) == 3
+    for tokens in inputs:
+        assert ((tokens == trainer.mask_id).flatten(1).float().mean(1) >= 0.9).all()
+    with pytest.raises(ValueError, match="min_mask_ratio"):
+        load_config(write_config(tmp_path / "bad.yaml", {**config, "objective": {"min_mask_ratio": 1.0}}))
+
+
 @pytest.mark.parametrize("train_text_encoder", [False, True])
 @pytest.mark.parametrize("p", [0.0, 1.0])
 def test_cfg_dropout_feeds_exactly_the_empty_prompt(assets, tmp_path, p, train_text_encoder):

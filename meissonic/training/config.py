@@ -60,6 +60,7 @@ class ObjectiveConfig:
     cfg_dropout: float = 0.1
     train_text_encoder: bool = False
     min_masked: int = 1
+    min_mask_ratio: float = 0.0  # > 0: train only on mask ratios >= this (layout-deciding steps)
     preference_beta: float = 0.0  # 0: plain masked-token training
     preference_sft_weight: float = 0.0
 
@@ -302,6 +303,8 @@ def validate(config: Any, source: str = "config") -> None:
         objective = config.objective
         if not 0.0 <= objective.cfg_dropout <= 1.0:
             raise ValueError(f"{source}: objective.cfg_dropout must be in [0, 1]")
+        if not 0.0 <= objective.min_mask_ratio < 1.0:
+            raise ValueError(f"{source}: objective.min_mask_ratio must be in [0, 1), got {objective.min_mask_ratio}")
         for name in ("preference_beta", "preference_sft_weight"):
             if getattr(objective, name) < 0:
                 raise ValueError(f"{source}: objective.{name} must be >= 0, got {getattr(objective, name)}")

@@ -384,6 +384,7 @@ class Trainer:
             seq_len,
             cfg.objective.cfg_dropout,
             cfg.objective.min_masked,
+            cfg.objective.min_mask_ratio,
         )
         total_masked = noise.masks.sum().item()
         pairs = max(int((~noise.drop).sum().item()), 1)
