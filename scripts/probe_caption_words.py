@@ -19,8 +19,9 @@ import torch
 
 from meissonic.eval.world import check_task
 from meissonic.pipelines import MeissonicPipeline
+from meissonic.pipelines.base import resolve_sampler
 from meissonic.sampling.options import SamplerOptions
-from meissonic.training.objective import masked_log_likelihood
+from meissonic.training.objective import masked_inputs, masked_log_likelihood, timestep_for
 from meissonic.training.train import encode_ids, tokenize, vq_encode
 from meissonic.world import detect, heldout_tasks, render, training_example
 
@@ -47,7 +48,7 @@ def teacher_forced(pipe: MeissonicPipeline, rows, ratios: list[float], repeats: 
     side = pipe.config.default_resolution
     pixels = torch.stack([torch.from_numpy(np.array(render(s, side))).permute(2, 0, 1) for s, _, _ in rows])
     tokens = vq_encode(pipe.vqvae, pixels.float() / 255).long()
-    micro = torch.tensor([side, side, 0.0, 0.0, 6.0]).expand(len(rows), 5)
+    micro = pipe.micro_conditions(len(rows), side, side, None, (0, 0), 6.0)
     conditions = [encode_ids(text_encoder, tokenize(tokenizer, text_encoder, [r[k] for r in rows])) for k in (1, 2)]
     length = tokens[0].numel()
     for ratio in ratios:
@@ -55,11 +56,12 @@ def teacher_forced(pipe: MeissonicPipeline, rows, ratios: list[float], repeats: 
         for repeat in range(repeats):
             generator = torch.Generator().manual_seed(repeat)
             masks = torch.rand(len(rows), length, generator=generator).argsort(1).argsort(1) < round(ratio * length)
-            inputs = torch.where(masks.view_as(tokens), torch.full_like(tokens, transformer.mask_token_id), tokens)
+            inputs = masked_inputs(tokens, masks, transformer.mask_token_id)
+            timestep = timestep_for(masks.float().mean(1), transformer.config.timestep_convention)
             scores = []
             for states, pooled in conditions:
                 with torch.autocast("cpu", dtype=torch.bfloat16):
-                    logits = transformer(inputs, states, pooled, torch.full((len(rows),), ratio), micro)
+                    logits = transformer(inputs, states, pooled, timestep, micro)
                 scores.append(masked_log_likelihood(logits.float(), tokens, masks))
             margin += (scores[0] - scores[1]) / repeats
         print(f"mask ratio {ratio:.2f}: true minus swapped caption {margin.mean():+.1f} nats on average, "
@@ -71,8 +73,8 @@ def sampled(
 ) -> None:
     tasks = [t for t in heldout_tasks(20 * num + 200, seed=321) if t.task_type == scene
              and any(f" {w} " in f" {t.text} " for w in swaps)][:num]
-    options = SamplerOptions.from_dict(
-        {**pipe.default_sampler_options.changes(), **(SamplerOptions.parse(spec).changes() if spec else {})})
+    overrides = SamplerOptions.parse(spec).changes() if spec else {}
+    options = resolve_sampler(None, overrides, pipe.default_sampler_options)
     checks: dict[str, int] = {}
     correct = 0
     for start in range(0, len(tasks), 8):

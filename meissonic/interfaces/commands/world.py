@@ -54,13 +54,11 @@ def _scene_weights(text: str) -> dict[str, float]:
 
     weights = {}
     for item in text.split(","):
-        name, sep, value = item.partition("=")
+        name, _, value = item.partition("=")  # no "=": value "" and float() refuses it
         try:
             weights[name.strip()] = float(value)
         except ValueError:
-            sep = ""
-        if not sep:
-            raise argparse.ArgumentTypeError(f"expected TYPE=WEIGHT items separated by commas, got {item!r}")
+            raise argparse.ArgumentTypeError(f"expected TYPE=WEIGHT items separated by commas, got {item!r}") from None
     try:
         check_scene_weights(weights)
     except ValueError as error:
