@@ -7,6 +7,10 @@ share of that mass in the left half (horizontal relations) or the top half (vert
 with guidance. A model that read the relation would put the subject's mass almost all in the left half for
 "left of" and almost none for "right of".
 
+It also asks whether the model knows, at full masking, where each image position is: a ridge probe on the image
+stream after some blocks, fitted on half of 64 training prompts and tested on the other half, tells which half
+(left/right, top/bottom) of the compressed grid each position is in.
+
 Usage: python scripts/probe_layout_marginals.py MODEL [MODEL ...] [--prompts 24] [--guidance 1 3]
 """
 
@@ -26,7 +30,7 @@ import torch  # noqa: E402
 
 from meissonic.pipelines import MeissonicPipeline  # noqa: E402
 from meissonic.pipelines.images import images_to_tensor  # noqa: E402
-from meissonic.world import BACKGROUNDS, COLOURS, KINDS, Scene, SceneObject, render  # noqa: E402
+from meissonic.world import BACKGROUNDS, COLOURS, KINDS, Scene, SceneObject, render, training_tasks  # noqa: E402
 
 RELATIONS = {"to the left of": "horizontal", "to the right of": "horizontal", "above": "vertical",
              "below": "vertical"}
@@ -47,6 +51,40 @@ def colour_codes(pipe: MeissonicPipeline) -> dict[str, list[int]]:
     common = {colour: {code for code, n in counts.items() if n > 20} for colour, counts in found.items()}
     return {colour: sorted(codes - set().union(*(common[c] for c in common if c != colour)))
             for colour, codes in common.items()}
+
+
+def position_probe(pipe: MeissonicPipeline, prompts: int = 64, seed: int = 3, ridge: float = 10.0) -> None:
+    """Print, per block, how often a linear probe on the fully masked image stream tells each position's half."""
+    transformer = pipe.transformer
+    blocks = {"dual 1": transformer.transformer_blocks[0], "dual last": transformer.transformer_blocks[-1],
+              "single 5": transformer.single_transformer_blocks[min(4, len(transformer.single_transformer_blocks) - 1)],
+              "single last": transformer.single_transformer_blocks[-1]}
+    outputs: dict[str, torch.Tensor] = {}
+    hooks = [block.register_forward_hook(lambda _m, _i, out, name=name: outputs.__setitem__(
+        name, (out[0] if isinstance(out, tuple) else out).float())) for name, block in blocks.items()]
+    texts = [task.text for task in training_tasks(prompts, seed=seed)]
+    states, pooled = pipe.encode_prompt(texts)
+    size = pipe.config.default_resolution // pipe.vq_scale
+    tokens = torch.full((len(texts), size, size), transformer.mask_token_id)
+    micro = pipe.micro_conditions(len(texts), size * pipe.vq_scale, size * pipe.vq_scale, None, (0, 0), 6.0)
+    with torch.no_grad():
+        transformer(tokens, states.to(transformer.dtype), pooled.to(transformer.dtype),
+                    pipe.model_timestep(0, 1, tokens), micro)
+    for hook in hooks:
+        hook.remove()
+    side = size // transformer.token_stride  # the grid inside the blocks
+    rows, cols = np.divmod(np.arange(side * side), side)
+    fit = len(texts) // 2 * side * side
+    for name, out in outputs.items():
+        x = out[:, -side * side:].reshape(-1, out.shape[-1]).numpy()  # image positions follow the text
+        x = (x - x[:fit].mean(0)) / (x[:fit].std(0) + 1e-6)
+        report = []
+        for axis, values in (("row", rows), ("column", cols)):
+            target = np.tile(values >= side / 2, len(texts)).astype(float) * 2 - 1
+            weights = np.linalg.solve(x[:fit].T @ x[:fit] + ridge * np.eye(x.shape[1]), x[:fit].T @ target[:fit])
+            right = ((x[fit:] @ weights > 0) == (target[fit:] > 0)).mean()
+            report.append(f"{axis} half right for {right:.3f}")
+        print(f"  full masking, after block {name:11s}: " + ", ".join(report))
 
 
 def main() -> None:
@@ -91,6 +129,7 @@ def main() -> None:
                 half = "left" if axis == "horizontal" else "top"
                 print(f"  {relation:16s} guidance {scale:g}: share of the mass in the {half} half: subject "
                       f"{subject:.3f}, object {other:.3f}")
+        position_probe(pipe)
 
 
 if __name__ == "__main__":
