@@ -38,6 +38,7 @@ RELATIONS = {"to the left of": "horizontal", "to the right of": "horizontal", "a
 
 def colour_codes(pipe: MeissonicPipeline) -> dict[str, list[int]]:
     """Codes found inside large circles and squares of each colour (on every background), used by no other colour."""
+    pixels = pipe.config.default_resolution
     found: dict[str, Counter] = {}
     for colour in COLOURS:
         found[colour] = Counter()
@@ -45,12 +46,24 @@ def colour_codes(pipe: MeissonicPipeline) -> dict[str, list[int]]:
             for kind in ("circle", "square"):
                 scene = Scene(background, (SceneObject(kind, colour, "large", 0.5, 0.5),), None, "single")
                 with torch.no_grad():
-                    grid = pipe.encode_images(images_to_tensor([render(scene)], 256, 256))[0]
-                side = grid.shape[-1]
-                found[colour].update(grid[side * 3 // 8:side * 5 // 8, side * 3 // 8:side * 5 // 8].flatten().tolist())
+                    grid = pipe.encode_images(images_to_tensor([render(scene, pixels)], pixels, pixels))[0]
+                middle = slice(grid.shape[-1] * 3 // 8, grid.shape[-1] * 5 // 8)
+                found[colour].update(grid[middle, middle].flatten().tolist())
     common = {colour: {code for code, n in counts.items() if n > 20} for colour, counts in found.items()}
     return {colour: sorted(codes - set().union(*(common[c] for c in common if c != colour)))
             for colour, codes in common.items()}
+
+
+@torch.no_grad()
+def fully_masked_logits(pipe: MeissonicPipeline, texts: list[str]) -> torch.Tensor:
+    """The transformer's logits (P, C, h, w) for `texts` on a grid with every token masked (no guidance)."""
+    transformer = pipe.transformer
+    states, pooled = pipe.encode_prompt(texts)
+    side = pipe.config.default_resolution
+    tokens = torch.full((len(texts), side // pipe.vq_scale, side // pipe.vq_scale), transformer.mask_token_id)
+    micro = pipe.micro_conditions(len(texts), side, side, None, (0, 0), 6.0)
+    return transformer(tokens, states.to(transformer.dtype), pooled.to(transformer.dtype),
+                       pipe.model_timestep(0, 1, tokens), micro).float()
 
 
 def position_probe(pipe: MeissonicPipeline, prompts: int = 64, seed: int = 3, ridge: float = 10.0) -> None:
@@ -63,16 +76,10 @@ def position_probe(pipe: MeissonicPipeline, prompts: int = 64, seed: int = 3, ri
     hooks = [block.register_forward_hook(lambda _m, _i, out, name=name: outputs.__setitem__(
         name, (out[0] if isinstance(out, tuple) else out).float())) for name, block in blocks.items()]
     texts = [task.text for task in training_tasks(prompts, seed=seed)]
-    states, pooled = pipe.encode_prompt(texts)
-    size = pipe.config.default_resolution // pipe.vq_scale
-    tokens = torch.full((len(texts), size, size), transformer.mask_token_id)
-    micro = pipe.micro_conditions(len(texts), size * pipe.vq_scale, size * pipe.vq_scale, None, (0, 0), 6.0)
-    with torch.no_grad():
-        transformer(tokens, states.to(transformer.dtype), pooled.to(transformer.dtype),
-                    pipe.model_timestep(0, 1, tokens), micro)
+    fully_masked_logits(pipe, texts)
     for hook in hooks:
         hook.remove()
-    side = size // transformer.token_stride  # the grid inside the blocks
+    side = pipe.config.default_resolution // pipe.vq_scale // transformer.token_stride  # the grid inside the blocks
     rows, cols = np.divmod(np.arange(side * side), side)
     fit = len(texts) // 2 * side * side
     for name, out in outputs.items():
@@ -104,17 +111,11 @@ def main() -> None:
     for model in args.models:
         pipe = MeissonicPipeline.from_pretrained(model)
         codes = colour_codes(pipe)
-        transformer = pipe.transformer
+        size = pipe.config.default_resolution // pipe.vq_scale
         print(f"{model}: codes per colour {codes}")
         for relation, axis in RELATIONS.items():
             texts = [f"a {ca} {ka} {relation} a {cb} {kb}" for ca, ka, cb, kb in objects] + [""]
-            states, pooled = pipe.encode_prompt(texts)
-            size = pipe.config.default_resolution // pipe.vq_scale
-            tokens = torch.full((len(texts), size, size), transformer.mask_token_id)
-            micro = pipe.micro_conditions(len(texts), size * pipe.vq_scale, size * pipe.vq_scale, None, (0, 0), 6.0)
-            with torch.no_grad():
-                logits = transformer(tokens, states.to(transformer.dtype), pooled.to(transformer.dtype),
-                                     pipe.model_timestep(0, 1, tokens), micro).float()
+            logits = fully_masked_logits(pipe, texts)  # the last row is the empty prompt's
             for scale in args.guidance:
                 probs = (logits[-1:] + scale * (logits[:-1] - logits[-1:])).softmax(1)  # (P, C, h, w)
                 shares = []

@@ -30,7 +30,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer  # noqa: E402
 
-from meissonic.models.text import max_text_length  # noqa: E402
+from meissonic.training.train import tokenize  # noqa: E402
 from meissonic.world import BACKGROUNDS, COLOURS, KINDS, Task, heldout_tasks, training_tasks  # noqa: E402
 
 SIDES = ("left", "right", "top", "bottom")
@@ -57,9 +57,8 @@ def structure(task: Task) -> dict[str, int]:
     return labels
 
 
-def encode(tokenizer, length: int, tasks: list[Task]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    ids = tokenizer([t.text for t in tasks], padding="max_length", max_length=length, truncation=True,
-                    return_tensors="pt").input_ids
+def encode(tokenizer, text_encoder, tasks: list[Task]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    ids = tokenize(tokenizer, text_encoder, [t.text for t in tasks])
     labels = [structure(t) for t in tasks]
     return ids, {h: torch.tensor([lab[h] for lab in labels]) for h in HEADS}
 
@@ -94,11 +93,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(2)
+    out = Path(args.out)
+    if out.exists():
+        raise SystemExit(f"{out} exists; choose a new folder")
 
     source = Path(args.pipeline)
     tokenizer = CLIPTokenizer.from_pretrained(source / "tokenizer")
     old = CLIPTextModelWithProjection.from_pretrained(source / "text_encoder", torch_dtype=torch.float32)
-    length = max_text_length(tokenizer, old)
     model = two_layer(old)
     width, proj = model.config.hidden_size, model.config.projection_dim
     probes = nn.ModuleDict({"state": nn.ModuleDict({h: nn.Linear(width, n) for h, n in HEADS.items()}),
@@ -112,21 +113,21 @@ def main() -> None:
         embedded, states = out.hidden_states[0], out.hidden_states[-2]  # (B, L, W)
         change = (states - embedded).square().sum(-1).mean() / embedded.square().sum(-1).mean()
         total, stats = args.penalty * change, {"change": change.sqrt().item()}
+        eos = (ids == tokenizer.eos_token_id).int().argmax(1)  # the first end-of-text token: the pooled one
         for head in HEADS:
             logits = probes["state"][head](states)  # every position predicts what the caption says
             target = labels[head][:, None].expand(-1, ids.shape[1])
             total = total + F.cross_entropy(logits.flatten(0, 1), target.flatten())
             pooled = probes["pooled"][head](out.text_embeds)
             total = total + F.cross_entropy(pooled, labels[head])
-            eos = (ids == tokenizer.eos_token_id).int().argmax(1)
             at_eos = logits[torch.arange(len(ids)), eos].argmax(-1)
             stats[head] = (at_eos == labels[head]).float().mean().item()
             stats["pooled_" + head] = (pooled.argmax(-1) == labels[head]).float().mean().item()
         return total, stats
 
-    val_ids, val_labels = encode(tokenizer, length, heldout_tasks(2000, seed=123))
+    val_ids, val_labels = encode(tokenizer, model, heldout_tasks(2000, seed=123))
     for step in range(args.steps):
-        ids, labels = encode(tokenizer, length, training_tasks(args.batch_size, seed=args.seed * 1_000_003 + step))
+        ids, labels = encode(tokenizer, model, training_tasks(args.batch_size, seed=args.seed * 1_000_003 + step))
         loss, stats = losses(ids, labels)
         optimizer.zero_grad()
         loss.backward()
@@ -140,9 +141,6 @@ def main() -> None:
                   f"{val['side0']:.3f} side1 {val['side1']:.3f} pooled side0 {val['pooled_side0']:.3f}; worst "
                   + ", ".join(f"{k} {v:.3f}" for v, k in worst), flush=True)
 
-    out = Path(args.out)
-    if out.exists():
-        raise SystemExit(f"{out} exists; choose a new folder")
     shutil.copytree(source, out)
     shutil.rmtree(out / "text_encoder")
     for p in model.parameters():
