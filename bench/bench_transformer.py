@@ -103,7 +103,7 @@ def count_flops(config: dict, batch: int, height: int, width: int, text_len: int
 
     flops = linear(batch, pooled + 5 * 256, dim) + linear(batch, dim, dim)  # cond_embed
     flops += linear(batch, 256, dim) + linear(batch, pooled, dim) + 2 * linear(batch, dim, dim)  # temb
-    flops += linear(pixels, dim, dim)  # embed.conv (1x1)
+    flops += linear(config["vocab_size"], dim, dim)  # embed.conv (1x1), applied to the vocabulary table
     flops += linear(image, 4 * dim, dim) if config["downsample"] else 0  # conv k=2 s=2
     flops += linear(image, dim, dim) + linear(text, joint, dim)  # project_to_hidden, context_embedder
     per_stream = 4 * linear(1, dim, dim) + linear(1, dim, 4 * dim) + linear(1, 4 * dim, dim)  # per token
