@@ -259,7 +259,7 @@ class TokenEmbedding(nn.Module):
     """Token ids (B, H, W) -> Embedding -> RMSNorm -> 1x1 conv -> (B, D, H, W).
 
     All three act on each token alone, so they are applied to the vocabulary table (V, D) and the result is
-    looked up: the same values, and V rows of work instead of B*H*W (33 against 2,048 for the default model's
+    looked up: the same values, and V rows of work instead of B*H*W (40 against 2,048 for the default model's
     guided batch of one image).
     """
 
