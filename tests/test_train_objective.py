@@ -49,6 +49,31 @@ def test_min_mask_ratio_restricts_the_cosine_schedule_to_high_ratios():
                        sample_masks(8, 16, torch.Generator().manual_seed(1), min_mask_ratio=0.0))
 
 
+def test_full_mask_fraction_masks_that_share_of_rows_whole_and_leaves_the_rest_on_the_schedule():
+    length, fraction = 100, 0.25
+    masks = sample_masks(4000, length, torch.Generator().manual_seed(0), full_mask_fraction=fraction)
+    whole = masks.all(1).float().mean().item()
+    # the cosine schedule alone masks a row whole when round(cos(pi u / 2) L) = L: u < 2 acos(1 - 0.5 / L) / pi
+    by_schedule = 2 * math.acos(1 - 0.5 / length) / math.pi
+    assert abs(whole - (fraction + (1 - fraction) * by_schedule)) < 0.02
+    partial = masks[~masks.all(1)].sum(1).float() / length  # the other rows keep the cosine density
+    assert abs(partial.mean().item() - 2 / math.pi) < 0.03
+    assert torch.equal(sample_masks(8, 16, torch.Generator().manual_seed(1)),
+                       sample_masks(8, 16, torch.Generator().manual_seed(1), full_mask_fraction=0.0))
+
+
+def test_training_with_full_mask_fraction_feeds_fully_masked_rows(assets, tmp_path):
+    root, data, vq = assets
+    config = tiny_train_config(tmp_path, data, vq, **{"max_steps": 2, "objective.full_mask_fraction": 1.0})
+    trainer = Trainer(load_config(write_config(tmp_path / "c.yaml", config)))
+    inputs = []
+    trainer.transformer.register_forward_pre_hook(lambda module, args: inputs.append(args[0]))
+    trainer.run(export=False)
+    assert len(inputs) == 2 and all((tokens == trainer.mask_id).all() for tokens in inputs)
+    with pytest.raises(ValueError, match="full_mask_fraction"):
+        load_config(write_config(tmp_path / "bad.yaml", {**config, "objective": {"full_mask_fraction": 1.5}}))
+
+
 def test_training_with_min_mask_ratio_masks_only_high_ratios(assets, tmp_path):
     root, data, vq = assets
     config = tiny_train_config(tmp_path, data, vq, **{"max_steps": 3, "objective.min_mask_ratio": 0.9})

@@ -61,6 +61,7 @@ class ObjectiveConfig:
     train_text_encoder: bool = False
     min_masked: int = 1
     min_mask_ratio: float = 0.0  # > 0: train only on mask ratios >= this (layout-deciding steps)
+    full_mask_fraction: float = 0.0  # > 0: this fraction of rows fully masked, the rest as above
     preference_beta: float = 0.0  # 0: plain masked-token training
     preference_sft_weight: float = 0.0
 
@@ -305,6 +306,9 @@ def validate(config: Any, source: str = "config") -> None:
             raise ValueError(f"{source}: objective.cfg_dropout must be in [0, 1]")
         if not 0.0 <= objective.min_mask_ratio < 1.0:
             raise ValueError(f"{source}: objective.min_mask_ratio must be in [0, 1), got {objective.min_mask_ratio}")
+        if not 0.0 <= objective.full_mask_fraction <= 1.0:
+            raise ValueError(
+                f"{source}: objective.full_mask_fraction must be in [0, 1], got {objective.full_mask_fraction}")
         for name in ("preference_beta", "preference_sft_weight"):
             if getattr(objective, name) < 0:
                 raise ValueError(f"{source}: objective.{name} must be >= 0, got {getattr(objective, name)}")

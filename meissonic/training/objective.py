@@ -34,15 +34,21 @@ def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
 
 
 def sample_masks(
-    batch: int, seq_len: int, generator: torch.Generator, min_masked: int = 1, min_mask_ratio: float = 0.0
+    batch: int, seq_len: int, generator: torch.Generator, min_masked: int = 1, min_mask_ratio: float = 0.0,
+    full_mask_fraction: float = 0.0,
 ) -> torch.Tensor:
     """Per sample u ~ U(0,1), r = cos(pi u / 2), n = max(min_masked, round(r L)) positions masked,
     uniformly. `min_mask_ratio` > 0 draws u from U(0, u_max) with cos(pi u_max / 2) = min_mask_ratio: the
-    same cosine density restricted to ratios >= min_mask_ratio (the steps where the layout is still open)."""
+    same cosine density restricted to ratios >= min_mask_ratio (the steps where the layout is still open).
+    `full_mask_fraction` > 0 masks each sample whole with that probability instead (where sampling starts: the
+    caption alone must place the objects); at 0 the draws are those of earlier versions."""
     u = torch.rand(batch, generator=generator, dtype=torch.float64)
     if min_mask_ratio > 0:
         u = u * (2 / math.pi) * math.acos(min_mask_ratio)
     counts = torch.round(torch.cos(math.pi * u / 2) * seq_len).long().clamp(min=min_masked, max=seq_len)
+    if full_mask_fraction > 0:
+        whole = torch.rand(batch, generator=generator, dtype=torch.float64) < full_mask_fraction
+        counts = torch.where(whole, seq_len, counts)
     scores = torch.rand(batch, seq_len, generator=generator)
     ranks = scores.argsort(dim=1).argsort(dim=1)
     return ranks < counts[:, None]
@@ -56,9 +62,10 @@ def step_noise(
     cfg_dropout: float,
     min_masked: int = 1,
     min_mask_ratio: float = 0.0,
+    full_mask_fraction: float = 0.0,
 ) -> StepNoise:
     generator = step_generator(seed, step)
-    masks = sample_masks(global_batch, seq_len, generator, min_masked, min_mask_ratio)
+    masks = sample_masks(global_batch, seq_len, generator, min_masked, min_mask_ratio, full_mask_fraction)
     drop = torch.rand(global_batch, generator=generator) < cfg_dropout
     return StepNoise(masks, drop)
 

@@ -385,6 +385,7 @@ class Trainer:
             cfg.objective.cfg_dropout,
             cfg.objective.min_masked,
             cfg.objective.min_mask_ratio,
+            cfg.objective.full_mask_fraction,
         )
         total_masked = noise.masks.sum().item()
         pairs = max(int((~noise.drop).sum().item()), 1)
