@@ -272,7 +272,9 @@ class TokenEmbedding(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         table = self.layer_norm(self.embeddings.weight)  # (V, D)
         table = self.conv(table.T[None, :, :, None])[0, :, :, 0].T  # the 1x1 conv over a (1, D, V, 1) map
-        return F.embedding(tokens, table).permute(0, 3, 1, 2)  # (B, D, H, W), channels-last in memory
+        # Looked up in float32: the backward sums every position's gradient into V rows, which bf16 would round.
+        image = F.embedding(tokens, table.float()).to(table.dtype)
+        return image.permute(0, 3, 1, 2)  # (B, D, H, W), channels-last in memory
 
 
 class Downsample(nn.Module):
