@@ -62,25 +62,28 @@ def test_full_mask_fraction_masks_that_share_of_rows_whole_and_leaves_the_rest_o
                        sample_masks(8, 16, torch.Generator().manual_seed(1), full_mask_fraction=0.0))
 
 
-def test_training_with_full_mask_fraction_feeds_fully_masked_rows(assets, tmp_path):
+def train_and_record_inputs(assets, tmp_path, **overrides) -> tuple[dict, Trainer, list[torch.Tensor]]:
+    """A tiny training run with `overrides`; returns its config, trainer and every token grid it fed."""
     root, data, vq = assets
-    config = tiny_train_config(tmp_path, data, vq, **{"max_steps": 2, "objective.full_mask_fraction": 1.0})
+    config = tiny_train_config(tmp_path, data, vq, **overrides)
     trainer = Trainer(load_config(write_config(tmp_path / "c.yaml", config)))
     inputs = []
     trainer.transformer.register_forward_pre_hook(lambda module, args: inputs.append(args[0]))
     trainer.run(export=False)
+    return config, trainer, inputs
+
+
+def test_training_with_full_mask_fraction_feeds_fully_masked_rows(assets, tmp_path):
+    config, trainer, inputs = train_and_record_inputs(
+        assets, tmp_path, **{"max_steps": 2, "objective.full_mask_fraction": 1.0})
     assert len(inputs) == 2 and all((tokens == trainer.mask_id).all() for tokens in inputs)
     with pytest.raises(ValueError, match="full_mask_fraction"):
         load_config(write_config(tmp_path / "bad.yaml", {**config, "objective": {"full_mask_fraction": 1.5}}))
 
 
 def test_training_with_min_mask_ratio_masks_only_high_ratios(assets, tmp_path):
-    root, data, vq = assets
-    config = tiny_train_config(tmp_path, data, vq, **{"max_steps": 3, "objective.min_mask_ratio": 0.9})
-    trainer = Trainer(load_config(write_config(tmp_path / "c.yaml", config)))
-    inputs = []
-    trainer.transformer.register_forward_pre_hook(lambda module, args: inputs.append(args[0]))
-    trainer.run(export=False)
+    config, trainer, inputs = train_and_record_inputs(
+        assets, tmp_path, **{"max_steps": 3, "objective.min_mask_ratio": 0.9})
     assert len(inputs) == 3
     for tokens in inputs:
         assert ((tokens == trainer.mask_id).flatten(1).float().mean(1) >= 0.9).all()
