@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from probe_layout_marginals import colour_codes  # noqa: E402
+from probe_layout_marginals import colour_codes, first_half_share  # noqa: E402
 
 from meissonic.interfaces.commands.common import default_model_folder  # noqa: E402
 from meissonic.pipelines import MeissonicPipeline  # noqa: E402
@@ -82,7 +82,7 @@ def main() -> None:
     def report(step: int, loss: float | None) -> None:
         with torch.no_grad():
             mass = forward(2, torch.tensor([0, 1])).softmax(1)[:, red].sum(1)  # (2, h, w)
-        share = (mass[..., : width // 2].sum((1, 2)) / mass.sum((1, 2))).tolist()
+        share = [first_half_share(row, "horizontal") for row in mass]
         loss_text = "" if loss is None else f" loss {loss:.3f}"
         print(f"step {step:4d}{loss_text}: red share of the left half, 'left of' {share[0]:.3f}, "
               f"'right of' {share[1]:.3f}", flush=True)

@@ -39,6 +39,19 @@ RELATIONS = {"to the left of": "horizontal", "to the right of": "horizontal", "a
              "below": "vertical"}
 
 
+def encode_render(pipe: MeissonicPipeline, scene: Scene) -> torch.Tensor:
+    """The VQ token grid (h, w) of `scene` rendered at the pipeline's resolution."""
+    pixels = pipe.config.default_resolution
+    with torch.no_grad():
+        return pipe.encode_images(images_to_tensor([render(scene, pixels)], pixels, pixels))[0]
+
+
+def first_half_share(mass: torch.Tensor, axis: str) -> float:
+    """The share of a (h, w) mass in the left half (axis "horizontal") or the top half ("vertical")."""
+    first = mass[:, : mass.shape[1] // 2] if axis == "horizontal" else mass[: mass.shape[0] // 2]
+    return (first.sum() / mass.sum().clamp(min=1e-12)).item()
+
+
 def colour_codes(pipe: MeissonicPipeline) -> dict[tuple[str, str], list[int]]:
     """Per (colour, background): the codes that shapes of that colour add to an empty render of that background
     and that neither the background nor another colour's shapes on it produce.
@@ -47,12 +60,9 @@ def colour_codes(pipe: MeissonicPipeline) -> dict[tuple[str, str], list[int]]:
     neighbours, so one code draws the inside of red shapes on white and an empty gray background, and the
     codes of a colour differ between backgrounds. Hence codes per background, found on whole renders.
     """
-    pixels = pipe.config.default_resolution
 
     def counts(scene: Scene) -> Counter:
-        with torch.no_grad():
-            grid = pipe.encode_images(images_to_tensor([render(scene, pixels)], pixels, pixels))[0]
-        return Counter(grid.flatten().tolist())
+        return Counter(encode_render(pipe, scene).flatten().tolist())
 
     found = {}
     for background in BACKGROUNDS:
@@ -73,7 +83,6 @@ def colour_codes(pipe: MeissonicPipeline) -> dict[tuple[str, str], list[int]]:
 def data_shares(pipe: MeissonicPipeline, codes: dict, scenes: int = 400, seed: int = 7) -> None:
     """The same shares measured on renders of training position scenes: what a model that read the relation
     would approach, and a check that the codes follow the objects."""
-    pixels = pipe.config.default_resolution
     rng = np.random.default_rng(seed)
     shares: dict[str, list] = {}
     while sum(map(len, shares.values())) < scenes:
@@ -81,15 +90,10 @@ def data_shares(pipe: MeissonicPipeline, codes: dict, scenes: int = 400, seed: i
         subject, other = scene.objects
         if not (codes[subject.colour, scene.background] and codes[other.colour, scene.background]):
             continue
-        with torch.no_grad():
-            grid = pipe.encode_images(images_to_tensor([render(scene, pixels)], pixels, pixels))[0]
-        half = grid.shape[-1] // 2
+        grid = encode_render(pipe, scene)
         axis = "horizontal" if scene.relation.relation in ("left of", "right of") else "vertical"
-        share = []
-        for obj in (subject, other):
-            mass = torch.isin(grid, torch.tensor(codes[obj.colour, scene.background])).float()
-            first = mass[:, :half] if axis == "horizontal" else mass[:half]
-            share.append((first.sum() / mass.sum().clamp(min=1)).item())
+        share = [first_half_share(torch.isin(grid, torch.tensor(codes[o.colour, scene.background])).float(), axis)
+                 for o in (subject, other)]
         shares.setdefault(scene.relation.relation, []).append(share)
     for relation, rows in shares.items():
         subject, other = np.mean(rows, axis=0)
@@ -150,7 +154,6 @@ def main() -> None:
     for model in args.models:
         pipe = MeissonicPipeline.from_pretrained(model)
         codes = colour_codes(pipe)
-        size = pipe.config.default_resolution // pipe.vq_scale
         print(f"{model}: codes per (colour, background) {codes}")
         data_shares(pipe, codes)
         rng = np.random.default_rng(args.seed)  # the same prompts for every model with the same VQ
@@ -166,14 +169,8 @@ def main() -> None:
             logits = fully_masked_logits(pipe, texts)  # the last row is the empty prompt's
             for scale in args.guidance:
                 probs = (logits[-1:] + scale * (logits[:-1] - logits[-1:])).softmax(1)  # (P, C, h, w)
-                shares = []
-                for row, (ca, _, cb, _, background) in enumerate(objects):
-                    share = []
-                    for colour in (ca, cb):
-                        mass = probs[row, codes[colour, background]].sum(0)  # (h, w)
-                        first = mass[:, : size // 2] if axis == "horizontal" else mass[: size // 2]
-                        share.append((first.sum() / mass.sum()).item())
-                    shares.append(share)
+                shares = [[first_half_share(probs[row, codes[colour, background]].sum(0), axis) for colour in (ca, cb)]
+                          for row, (ca, _, cb, _, background) in enumerate(objects)]
                 subject, other = np.mean(shares, axis=0)
                 half = "left" if axis == "horizontal" else "top"
                 print(f"  {relation:16s} guidance {scale:g}: share of the mass in the {half} half: subject "

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .rope import rms_norm_rope, rotation_tables
+from .rope import inverse_rms, rms_norm_rope, rotation_tables
 
 
 def sinusoid(values: torch.Tensor, dim: int = 256, max_period: float = 10000.0) -> torch.Tensor:
@@ -33,11 +33,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # One float32 copy and a vector norm: F.rms_norm on CPU runs as separate pow/mean/rsqrt/mul passes
-        # (0.58 against 0.23 ms on a (2, 32, 32, 256) grid here).
         x32 = x.float()
-        rstd = (torch.linalg.vector_norm(x32, dim=-1, keepdim=True).square() / x.shape[-1] + self.eps).rsqrt()
-        return (x32 * rstd * self.weight.float()).to(x.dtype)
+        return (x32 * inverse_rms(x32, self.eps) * self.weight.float()).to(x.dtype)
 
 
 class ChannelRMSNorm(RMSNorm):
