@@ -158,6 +158,16 @@ def test_eval_compare_on_the_tiny_model(model, tmp_path, capsys, eval_dispatcher
     assert printed.count("| vanilla (A) |") == 1 and printed.count("| vanilla |") == 1
 
 
+def test_eval_compare_without_model_uses_the_embedded_model(tmp_path, eval_dispatcher):
+    from meissonic.interfaces.commands.common import default_model_folder
+
+    out = tmp_path / "cmp.json"
+    code = cli.main(["eval", "compare", "--b", "vanilla", "--num-prompts", "1", "--steps", "1", "--size", "32",
+                     "--bootstrap", "10", "--out", str(out)])
+    assert code == 0
+    assert json.loads(out.read_text())["model"] == str(default_model_folder())
+
+
 def test_eval_compare_cut_midway_keeps_the_finished_settings(model, tmp_path, monkeypatch, eval_dispatcher):
     from meissonic.interfaces.commands import eval_compare
 

@@ -253,8 +253,11 @@ class _FakePipeline:
         steps = 16 if num_inference_steps is None else num_inference_steps
         return steps, 4.0 if guidance_scale is None else guidance_scale
 
+    loaded_from: list[str] = []
+
     @classmethod
     def from_pretrained(cls, folder, torch_dtype=None):
+        cls.loaded_from.append(str(folder))
         tasks = heldout_tasks(8, seed=5)
         return cls({t.text: t.scene for t in tasks})
 
@@ -301,6 +304,23 @@ def test_eval_world_cli_end_to_end(tmp_path, monkeypatch, capsys):
     args = parser.parse_args(["world", "--images", str(saved), "--out", str(tmp_path / "again.json")])
     assert eval_world.run(args) == 0
     assert json.loads((tmp_path / "again.json").read_text())["categories"] == result["categories"]
+
+
+def test_eval_world_without_model_uses_the_embedded_model(tmp_path, monkeypatch):
+    from meissonic.interfaces.commands import eval_world
+    from meissonic.interfaces.commands.common import default_model_folder
+
+    monkeypatch.setitem(
+        sys.modules, "meissonic.pipelines", types.SimpleNamespace(MeissonicPipeline=_FakePipeline)
+    )
+    _FakePipeline.loaded_from = []
+    parser = argparse.ArgumentParser()
+    eval_world.add_arguments(parser)
+    out = tmp_path / "results.json"
+    args = parser.parse_args(["world", "--num-prompts", "2", "--seed", "5", "--vq-images", "0", "--out", str(out)])
+    assert eval_world.run(args) == 0
+    assert _FakePipeline.loaded_from == [str(default_model_folder())]
+    assert json.loads(out.read_text())["settings"]["model"] == str(default_model_folder())
 
 
 class _SeedDependentPipeline(_FakePipeline):

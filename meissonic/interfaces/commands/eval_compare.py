@@ -6,6 +6,7 @@ per-category scores, the win rate of B over A (a task is a win when B is correct
 case, ties count half) with a paired bootstrap 95% interval, and seconds per image; printed as a markdown table.
 Under `accelerate launch` the prompts are split across the processes.
 
+meissonic eval compare --b published --num-prompts 200 --out compare.json      # the embedded default model
 meissonic eval compare --model FOLDER --a vanilla --b published --num-prompts 200 --out compare.json
 meissonic eval compare --model FOLDER --b "noise_reg=2" differential=true published --save-images cmp/
 """
@@ -20,11 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
+from .common import default_model_folder
+
 CATEGORY_ORDER = ("kind", "colour", "count", "position", "background")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="Meissonic checkpoint folder")
+    parser.add_argument("--model", help="Meissonic checkpoint folder (default: the embedded model)")
     parser.add_argument("--a", default="vanilla", metavar="SPEC",
                         help='baseline sampler: "vanilla", "published", "key=value,..." or a JSON file')
     parser.add_argument("--b", required=True, nargs="+", metavar="SPEC",
@@ -125,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
     from meissonic.sampling.options import SamplerOptions
     from meissonic.world import heldout_tasks
 
+    args.model = str(args.model or default_model_folder())
     if not Path(args.model).is_dir():
         raise FileNotFoundError(f"model folder not found: {args.model}")
     if args.num_prompts < 1 or args.batch_size < 1:

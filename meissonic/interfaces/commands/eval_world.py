@@ -1,5 +1,6 @@
 """`meissonic eval world`: generate images for world prompts with a model and score them.
 
+meissonic eval world --num-prompts 64 --seed 0 --out results.json               # the embedded default model
 meissonic eval world --model FOLDER --num-prompts 64 --seed 0 --out results.json
 meissonic eval world --images DIR --out results.json       # re-score images saved with --save-images
 """
@@ -12,13 +13,19 @@ from pathlib import Path
 
 from PIL import Image
 
-from .common import add_enhance_arguments, add_temperature_argument, apply_model_options, sampler_options
+from .common import (
+    add_enhance_arguments,
+    add_temperature_argument,
+    apply_model_options,
+    default_model_folder,
+    sampler_options,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("target", choices=["world"], help="benchmark to run")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="Meissonic checkpoint folder to generate with")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--model", help="Meissonic checkpoint folder to generate with (default: the embedded model)")
     source.add_argument("--images", help="folder written by --save-images (tasks.jsonl + images) to re-score")
     parser.add_argument(
         "--split",
@@ -116,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
 
         from meissonic.pipelines import MeissonicPipeline
 
+        args.model = str(args.model or default_model_folder())
         if not Path(args.model).is_dir():
             raise FileNotFoundError(f"model folder not found: {args.model}")
         make = heldout_tasks if args.split == "heldout" else training_tasks
