@@ -323,6 +323,24 @@ def test_eval_world_without_model_uses_the_embedded_model(tmp_path, monkeypatch)
     assert json.loads(out.read_text())["settings"]["model"] == str(default_model_folder())
 
 
+@pytest.mark.parametrize("flag, value", [("--num-prompts", "0"), ("--num-prompts", "-3"), ("--batch-size", "0"),
+                                         ("--candidates", "0"), ("--vq-images", "-1")])
+def test_eval_world_refuses_bad_counts_before_loading(tmp_path, monkeypatch, flag, value):
+    from meissonic.interfaces.commands import eval_world
+
+    monkeypatch.setitem(
+        sys.modules, "meissonic.pipelines", types.SimpleNamespace(MeissonicPipeline=_FakePipeline)
+    )
+    _FakePipeline.loaded_from = []
+    parser = argparse.ArgumentParser()
+    eval_world.add_arguments(parser)
+    out = tmp_path / "results.json"
+    args = parser.parse_args(["world", flag, value, "--out", str(out)])
+    with pytest.raises(ValueError, match=flag):
+        eval_world.run(args)
+    assert _FakePipeline.loaded_from == [] and not out.exists()
+
+
 class _SeedDependentPipeline(_FakePipeline):
     """Draws the exact render when the image's seed is a multiple of 3, else a blank background (always wrong)."""
 

@@ -110,8 +110,12 @@ def run(args: argparse.Namespace) -> int:
     from meissonic.eval.world import pass_at_k, score
     from meissonic.world import heldout_tasks, render, training_tasks
 
-    if args.candidates < 1:
-        raise ValueError(f"--candidates must be at least 1, got {args.candidates}")
+    for flag, value in (("--candidates", args.candidates), ("--num-prompts", args.num_prompts),
+                        ("--batch-size", args.batch_size)):
+        if value < 1:
+            raise ValueError(f"{flag} must be at least 1, got {value}")
+    if args.vq_images < 0:
+        raise ValueError(f"--vq-images must be >= 0, got {args.vq_images}")
     if args.images and args.candidates > 1:
         raise ValueError("--candidates needs --model: saved images hold one image per prompt")
     pipe = None
