@@ -23,6 +23,13 @@ def test_generate_writes_pngs(model, tmp_path, capsys):
     assert all(PIL.Image.open(p).size == (48, 32) for p in paths)
 
 
+def test_bad_batch_size_is_refused_before_anything_is_written(model, tmp_path, capsys):
+    out = tmp_path / "img.png"
+    assert main(["generate", "x", "--model", model, "-o", str(out), "--steps", "2", "--batch-size", "0"]) == 2
+    assert "--batch-size must be >= 1" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_same_seed_same_file(model, tmp_path):
     for name in ("a.png", "b.png"):
         main(["generate", "x", "--model", model, "-o", str(tmp_path / name), "--steps", "3", "--dtype", "fp32"])

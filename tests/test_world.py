@@ -198,6 +198,9 @@ def test_write_dataset_deterministic_and_resumable(tmp_path):
         assert np.array_equal(np.asarray(image_a), np.asarray(Image.open(tmp_path / "b" / row["file_name"])))
     with pytest.raises(ValueError):
         write_dataset(tmp_path / "a", 6, seed=4)
+    with pytest.raises(ValueError, match="at least 1"):
+        write_dataset(tmp_path / "empty", 0)
+    assert not (tmp_path / "empty").exists()
 
 
 def test_scene_weights_set_the_mix_of_scene_types(tmp_path):

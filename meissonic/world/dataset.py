@@ -103,6 +103,8 @@ def write_dataset(
     `scene_weights` as in `training_example`. `progress`, if given, is called as progress(done, num) after each
     image. Returns the metadata path.
     """
+    if num < 1:
+        raise ValueError(f"the number of images must be at least 1, got {num}")
     if scene_weights is not None:
         check_scene_weights(scene_weights)
         scene_weights = {t: float(w) for t, w in scene_weights.items()}

@@ -58,8 +58,6 @@ def run_bulk(args: argparse.Namespace) -> int:
         raise ValueError("pass prompts either as arguments or with --prompts FILE, not both")
     if not args.output_dir:
         raise ValueError("--prompts needs --output-dir")
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     prompts = read_prompt_file(args.prompts)
     folder = Path(args.output_dir)
     count = args.num_images
@@ -92,6 +90,8 @@ def run_bulk(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     from ...pipelines import MeissonicPipeline
 
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.prompts:
         return run_bulk(args)
     if not args.prompt:
