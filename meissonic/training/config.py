@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -55,7 +56,8 @@ class ObjectiveConfig:
     `rejected_tokens` grid beside `tokens` (`meissonic world preference-pairs`): DPO on the masked-token
     log-likelihoods of the two grids under the same mask, against a frozen copy of the starting transformer,
     plus `preference_sft_weight` times the masked-token loss of the chosen grids. CFG-dropped pairs (empty
-    prompt) train only through that second term."""
+    prompt) train only through that second term. With `distill_guidance`, guidance distillation (below); a
+    CFG-dropped row then learns the frozen copy's unconditional distribution."""
 
     cfg_dropout: float = 0.1
     train_text_encoder: bool = False
@@ -64,6 +66,11 @@ class ObjectiveConfig:
     full_mask_fraction: float = 0.0  # > 0: this fraction of rows fully masked, the rest as above
     preference_beta: float = 0.0  # 0: plain masked-token training
     preference_sft_weight: float = 0.0
+    # Guidance distillation: [[ratio, scale], ...], ratios decreasing to 0. Non-empty: the model learns, at every
+    # masked position, the distribution of a frozen copy of the starting weights under classifier-free guidance
+    # at the scale of the first pair whose ratio the input's mask ratio exceeds; sampling at guidance 1 then
+    # needs one branch instead of two.
+    distill_guidance: list[tuple[float, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -312,6 +319,19 @@ def validate(config: Any, source: str = "config") -> None:
         for name in ("preference_beta", "preference_sft_weight"):
             if getattr(objective, name) < 0:
                 raise ValueError(f"{source}: objective.{name} must be >= 0, got {getattr(objective, name)}")
+        if objective.distill_guidance:
+            pairs = objective.distill_guidance
+            ratios = [ratio for ratio, _ in pairs]
+            if any(not 0.0 <= r < 1.0 for r in ratios) or ratios != sorted(ratios, reverse=True) \
+                    or len(set(ratios)) != len(ratios) or ratios[-1] != 0.0:
+                raise ValueError(f"{source}: objective.distill_guidance ratios must be in [0, 1), strictly "
+                                 f"decreasing and end at 0, got {ratios}")
+            if any(not math.isfinite(scale) or scale < 0 for _, scale in pairs):
+                raise ValueError(f"{source}: objective.distill_guidance scales must be finite and >= 0, got "
+                                 f"{[scale for _, scale in pairs]}")
+            if objective.preference_beta > 0 or objective.train_text_encoder:
+                raise ValueError(f"{source}: objective.distill_guidance needs plain masked-token training with a "
+                                 "frozen text encoder (preference_beta 0, train_text_encoder false)")
         if objective.preference_beta > 0 and objective.train_text_encoder:
             raise ValueError(f"{source}: preference training (objective.preference_beta > 0) needs a frozen "
                              "text encoder (objective.train_text_encoder: false)")
@@ -333,6 +353,8 @@ def fingerprint(config: Any) -> str:
         data.pop(key, None)
     for key in _RESUMABLE_DATA:
         data.get("data", {}).pop(key, None)
+    if not data.get("objective", {}).get("distill_guidance", True):  # added later: runs without it keep their hash
+        del data["objective"]["distill_guidance"]
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -1,5 +1,5 @@
-"""The masked-token objective (SPEC section 8), classifier-free-guidance dropout, and the preference (DPO)
-objective on pairs of token grids.
+"""The masked-token objective (SPEC section 8), classifier-free-guidance dropout, the preference (DPO)
+objective on pairs of token grids, and guidance distillation.
 
 All randomness of a step is drawn for the whole global batch from a generator seeded by (seed, step); each
 process slices its samples. Runs are therefore reproducible across resumption and across process counts.
@@ -130,3 +130,25 @@ def preference_loss(
     Returns (per-sample losses, margins)."""
     margins = (chosen - reference_chosen) - (rejected - reference_rejected)
     return -F.logsigmoid(beta * margins), margins
+
+
+def distillation_scales(mask_ratios: torch.Tensor, schedule: list[tuple[float, float]]) -> torch.Tensor:
+    """Guidance scale per sample (B,) for inputs with these mask ratios (B,): the scale of the first
+    (ratio, scale) pair of `schedule` (ratios decreasing, the last 0) whose ratio the input's exceeds."""
+    scales = torch.full_like(mask_ratios, schedule[-1][1], dtype=torch.float32)
+    for ratio, scale in reversed(schedule[:-1]):
+        scales = torch.where(mask_ratios > ratio, torch.full_like(scales, scale), scales)
+    return scales
+
+
+def guided_logits(uncond: torch.Tensor, cond: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """Classifier-free guidance on logits (B, C, H, W), as the sampler applies it: u + s (c - u), per sample s."""
+    return uncond + scales.to(cond.device)[:, None, None, None] * (cond - uncond)
+
+
+def masked_kl_sum(student: torch.Tensor, teacher: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Sum over masked positions of KL(softmax(teacher) || softmax(student)), logits (B, C, H, W), in float32."""
+    selected = masks.reshape(-1).to(student.device)
+    flat = [x.float().permute(0, 2, 3, 1).reshape(-1, x.shape[1])[selected] for x in (student, teacher)]
+    student_log, teacher_log = (x.log_softmax(dim=-1) for x in flat)
+    return (teacher_log.exp() * (teacher_log - student_log)).sum()

@@ -47,8 +47,11 @@ from .ema import EMA
 from .engine import end_run, make_accelerator
 from .objective import (
     apply_cfg_dropout,
+    distillation_scales,
+    guided_logits,
     masked_cross_entropy_sum,
     masked_inputs,
+    masked_kl_sum,
     masked_log_likelihood,
     preference_loss,
     step_noise,
@@ -124,12 +127,14 @@ class Trainer:
         self.dataset, self.text_mode = self._open_data(transformer)
         self.convention = transformer.config.timestep_convention
         self.mask_id = transformer.mask_token_id
-        # Preference training compares against the starting weights, frozen (taken before LoRA and compilation,
-        # and before a resumed run's weights are loaded).
+        # Preference training and guidance distillation compare against the starting weights, frozen (taken
+        # before LoRA and compilation, and before a resumed run's weights are loaded).
         self.preference = config.objective.preference_beta > 0
+        self.distill = bool(config.objective.distill_guidance)
         self.reference = None
         if self.preference:
             self._check_preference_data()
+        if self.preference or self.distill:
             self.reference = copy.deepcopy(transformer).to(self.device).eval().requires_grad_(False)
 
         train_te = config.objective.train_text_encoder
@@ -317,14 +322,37 @@ class Trainer:
         return states, pooled, empty_states, empty_pooled
 
     def micro_step(self, batch: dict, masks: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
-        """Forward one micro-batch; returns the summed cross-entropy over its masked positions."""
+        """Forward one micro-batch; returns the summed cross-entropy over its masked positions (with guidance
+        distillation: the summed KL from the frozen teacher's guided distribution)."""
         if "tokens" in batch:
             tokens = batch["tokens"].to(self.device).long()
         else:
             tokens = vq_encode(self.vqvae, batch["pixels"].to(self.device))
         masks = masks.to(self.device)
-        logits = self.model(*self.model_inputs(batch, tokens, masks, drop))
+        args = self.model_inputs(batch, tokens, masks, drop)
+        logits = self.model(*args)
+        if self.distill:
+            return masked_kl_sum(logits, self.teacher_logits(batch, args, masks, drop), masks)
         return masked_cross_entropy_sum(logits, tokens, masks)
+
+    @torch.no_grad()
+    def teacher_logits(
+        self, batch: dict, args: tuple[torch.Tensor, ...], masks: torch.Tensor, drop: torch.Tensor
+    ) -> torch.Tensor:
+        """The frozen starting weights' guided logits for the model's inputs `args`: unconditional and
+        conditional branches in one batch (a CFG-dropped row's two branches coincide), combined at the scale
+        `objective.distill_guidance` gives each row's mask ratio."""
+        inputs, states, pooled, timestep, micro = args
+        _, _, empty_states, empty_pooled = self.conditioning(batch)
+        uncond_states, uncond_pooled = apply_cfg_dropout(states, pooled, empty_states, empty_pooled,
+                                                         torch.ones_like(drop))
+        with self.accelerator.autocast():
+            both = self.reference(torch.cat([inputs, inputs]), torch.cat([uncond_states, states]),
+                                  torch.cat([uncond_pooled, pooled]), torch.cat([timestep, timestep]),
+                                  torch.cat([micro, micro]))
+        uncond, cond = both.float().chunk(2)
+        scales = distillation_scales(masks.float().mean(dim=1), self.config.objective.distill_guidance)
+        return guided_logits(uncond, cond, scales)
 
     def model_inputs(
         self, batch: dict, tokens: torch.Tensor, masks: torch.Tensor, drop: torch.Tensor, copies: int = 1
