@@ -32,9 +32,18 @@ fi
   "$meissonic" world self-samples --model "$runs/transformer8_32t1_deep/export" --out "$runs/self_samples" \
     --num-prompts 3168 --seed 11; }
 "$meissonic" train --config configs/default_model/transformer8_32t1_rft.yaml $(resume "$runs/transformer8_32t1_rft")
-# Packaged with the default sampler: 20 steps, the first 14 on the first half of the mask schedule, guided
-# (fifteenth session, docs/default_model.md "Finer early steps"), the last 6 at token temperature 0.1
-# (seventeenth session, "A colder draw in the late steps") and guided at half the scale's excess, 2
-# (twenty-first session, "Weaker guidance kept in the late steps").
-"$python" scripts/package_default_model.py "$runs/transformer8_32t1_rft/export" --steps 20 \
-  --sampler "guidance_interval=0:0.7,early_steps=0.7,late_token_temperature=0.1,guidance_outside=0.5"
+# Stage 4: the stage-3 model's guided sampling distilled into its conditional branch. The teacher's guidance is that
+# of its sampler: 20 steps, the first 14 on the first half of the mask schedule (fifteenth session,
+# docs/default_model.md "Finer early steps") guided at 3, the last 6 guided at 2 (twenty-first session, "Weaker
+# guidance kept in the late steps").
+"$meissonic" world render --out data/distill_renders --num 6000 --seed 5          # resumable
+[ -f "$runs/tokens_distill/preencoded.json" ] || \
+  "$meissonic" preencode --config configs/default_model/transformer8_32t1_distill.yaml --input data/distill_renders \
+    --output "$runs/tokens_distill"
+"$meissonic" train --config configs/default_model/transformer8_32t1_distill.yaml \
+  $(resume "$runs/transformer8_32t1_distill")
+# Packaged with guidance 1 (one branch per step) and the rest of the teacher's sampler: the first 14 steps on the
+# first half of the mask schedule, the last 6 at token temperature 0.1 (seventeenth session, "A colder draw in the
+# late steps").
+"$python" scripts/package_default_model.py "$runs/transformer8_32t1_distill/export" --steps 20 --guidance-scale 1 \
+  --sampler "early_steps=0.7,late_token_temperature=0.1"
