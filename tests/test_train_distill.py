@@ -6,6 +6,7 @@ starting weights as its teacher."""
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 import torch
@@ -76,6 +77,12 @@ def test_at_scale_one_the_target_is_the_model_itself(encoded, tmp_path):
     # The student is its own teacher's conditional branch: KL 0 up to bf16 rounding (autograd's attention kernel
     # is not the inference one).
     assert first["loss"] < 1e-3
+
+
+def test_the_export_samples_at_guidance_one(encoded, tmp_path):
+    Trainer(distill_config(encoded, tmp_path, [[0.0, 3.0]], max_steps=1)).run(export=True)
+    index = json.loads((tmp_path / "run" / "export" / "model_index.json").read_text())
+    assert index["default_guidance_scale"] == 1.0
 
 
 def test_cfg_dropped_rows_learn_the_unconditional_distribution(encoded, tmp_path):

@@ -546,12 +546,17 @@ class Trainer:
     def sampling_defaults(self) -> dict:
         """The export's text-to-image defaults: a fine-tuned checkpoint keeps those of `model.pretrained` (the
         released 48 steps and guidance 9 when it stores none); a model trained from scratch or chained from a stage
-        samples like the run's validation grids (`validation.num_inference_steps`, `.guidance_scale`, `.sampler`)."""
+        samples like the run's validation grids (`validation.num_inference_steps`, `.guidance_scale`, `.sampler`).
+        A guidance-distilled model samples at guidance 1: its guidance is in its weights."""
         if self.config.model.pretrained:
-            return pretrained_sampling_defaults(self.config.model.pretrained)
-        cfg = self.config.validation
-        return {"default_steps": cfg.num_inference_steps, "default_guidance_scale": cfg.guidance_scale,
-                "default_sampler": cfg.sampler}
+            defaults = pretrained_sampling_defaults(self.config.model.pretrained)
+        else:
+            cfg = self.config.validation
+            defaults = {"default_steps": cfg.num_inference_steps, "default_guidance_scale": cfg.guidance_scale,
+                        "default_sampler": cfg.sampler}
+        if self.distill:
+            defaults["default_guidance_scale"] = 1.0
+        return defaults
 
     def export(self, folder: str | Path | None = None) -> Path:
         folder = Path(folder) if folder else self.run_dir / "export"
