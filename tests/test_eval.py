@@ -306,9 +306,9 @@ def test_eval_world_cli_end_to_end(tmp_path, monkeypatch, capsys):
     assert json.loads((tmp_path / "again.json").read_text())["categories"] == result["categories"]
 
 
-def test_eval_world_without_model_uses_the_embedded_model(tmp_path, monkeypatch):
+def _fake_eval_world(monkeypatch, argv: list[str]):
+    """`eval_world` with `_FakePipeline` standing in for the pipeline (its loads recorded), and `argv` parsed."""
     from meissonic.interfaces.commands import eval_world
-    from meissonic.interfaces.commands.common import default_model_folder
 
     monkeypatch.setitem(
         sys.modules, "meissonic.pipelines", types.SimpleNamespace(MeissonicPipeline=_FakePipeline)
@@ -316,8 +316,15 @@ def test_eval_world_without_model_uses_the_embedded_model(tmp_path, monkeypatch)
     _FakePipeline.loaded_from = []
     parser = argparse.ArgumentParser()
     eval_world.add_arguments(parser)
+    return eval_world, parser.parse_args(["world", *argv])
+
+
+def test_eval_world_without_model_uses_the_embedded_model(tmp_path, monkeypatch):
+    from meissonic.interfaces.commands.common import default_model_folder
+
     out = tmp_path / "results.json"
-    args = parser.parse_args(["world", "--num-prompts", "2", "--seed", "5", "--vq-images", "0", "--out", str(out)])
+    eval_world, args = _fake_eval_world(monkeypatch, ["--num-prompts", "2", "--seed", "5", "--vq-images", "0",
+                                                      "--out", str(out)])
     assert eval_world.run(args) == 0
     assert _FakePipeline.loaded_from == [str(default_model_folder())]
     assert json.loads(out.read_text())["settings"]["model"] == str(default_model_folder())
@@ -326,16 +333,8 @@ def test_eval_world_without_model_uses_the_embedded_model(tmp_path, monkeypatch)
 @pytest.mark.parametrize("flag, value", [("--num-prompts", "0"), ("--num-prompts", "-3"), ("--batch-size", "0"),
                                          ("--candidates", "0"), ("--vq-images", "-1")])
 def test_eval_world_refuses_bad_counts_before_loading(tmp_path, monkeypatch, flag, value):
-    from meissonic.interfaces.commands import eval_world
-
-    monkeypatch.setitem(
-        sys.modules, "meissonic.pipelines", types.SimpleNamespace(MeissonicPipeline=_FakePipeline)
-    )
-    _FakePipeline.loaded_from = []
-    parser = argparse.ArgumentParser()
-    eval_world.add_arguments(parser)
     out = tmp_path / "results.json"
-    args = parser.parse_args(["world", flag, value, "--out", str(out)])
+    eval_world, args = _fake_eval_world(monkeypatch, [flag, value, "--out", str(out)])
     with pytest.raises(ValueError, match=flag):
         eval_world.run(args)
     assert _FakePipeline.loaded_from == [] and not out.exists()

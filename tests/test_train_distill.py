@@ -11,9 +11,8 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_train_helpers import tiny_train_config, write_config, write_imagefolder, write_tiny_vq
+from test_train_helpers import tiny_train_config, write_config, write_preencoded
 
-from meissonic.interfaces.cli import main
 from meissonic.training.config import load_config
 from meissonic.training.objective import distillation_scales, guided_logits, masked_kl_sum
 from meissonic.training.train import Trainer
@@ -22,18 +21,15 @@ from meissonic.training.train import Trainer
 @pytest.fixture(scope="module")
 def encoded(tmp_path_factory):
     root = tmp_path_factory.mktemp("distill")
-    data, vq = write_imagefolder(root / "data", count=8), write_tiny_vq(root / "vq")
-    config = tiny_train_config(root, data, vq)
-    assert main(["preencode", "--config", str(write_config(root / "raw.yaml", config)),
-                 "--output", str(root / "tokens")]) == 0
+    data, vq, tokens = write_preencoded(root)
     # A teacher that reads its captions: the tiny model trained 60 steps with the masked-token objective.
     plain = tiny_train_config(root / "teacher", data, vq, max_steps=60, batch_size=8, **{
-        "data.path": str(root / "tokens"), "data.format": "preencoded", "objective.cfg_dropout": 0.3,
+        "data.path": str(tokens), "data.format": "preencoded", "objective.cfg_dropout": 0.3,
         "checkpoint.every": 60,
         "ema.enabled": False})
     Trainer(load_config(write_config(root / "teacher.yaml", plain))).run(export=False)
     teacher = root / "teacher" / "run" / "checkpoints" / "step-00000060"
-    return {"data": data, "vq": vq, "tokens": str(root / "tokens"), "teacher": str(teacher)}
+    return {"data": data, "vq": vq, "tokens": str(tokens), "teacher": str(teacher)}
 
 
 def distill_config(encoded, tmp_path, schedule, **changes):

@@ -125,3 +125,13 @@ def file_digest(path: Path) -> str:
 def rng_images(count: int, size: int = 32, seed: int = 0) -> list[Image.Image]:
     rng = np.random.default_rng(seed)
     return [Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)) for _ in range(count)]
+
+
+def write_preencoded(root: Path, count: int = 8) -> tuple[Path, Path, Path]:
+    """A tiny image folder, a tiny VQ and the folder's preencoded shards under `root`: (data, vq, shards)."""
+    from meissonic.interfaces.cli import main
+
+    data, vq = write_imagefolder(root / "data", count=count), write_tiny_vq(root / "vq")
+    raw = write_config(root / "raw.yaml", tiny_train_config(root, data, vq))
+    assert main(["preencode", "--config", str(raw), "--output", str(root / "plain")]) == 0
+    return data, vq, root / "plain"

@@ -10,10 +10,9 @@ import math
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from test_train_helpers import tiny_train_config, write_config, write_imagefolder, write_tiny_vq
+from test_train_helpers import tiny_train_config, write_config, write_preencoded
 
 from meissonic.data import PreencodedSource
-from meissonic.interfaces.cli import main
 from meissonic.training.config import load_config
 from meissonic.training.objective import masked_log_likelihood, preference_loss
 from meissonic.training.train import Trainer
@@ -23,10 +22,7 @@ from meissonic.training.train import Trainer
 def encoded(tmp_path_factory):
     """Preencoded renders (the chosen grids) and, per flavour, a copy whose rows carry a rejected grid."""
     root = tmp_path_factory.mktemp("preference")
-    data, vq = write_imagefolder(root / "data", count=8), write_tiny_vq(root / "vq")
-    config = tiny_train_config(root, data, vq)
-    assert main(["preencode", "--config", str(write_config(root / "raw.yaml", config)),
-                 "--output", str(root / "plain")]) == 0
+    data, vq, _ = write_preencoded(root)
 
     def pairs(name: str, rejected) -> str:
         folder = root / name
