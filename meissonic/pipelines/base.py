@@ -21,7 +21,7 @@ from ..models.quantize import activation_layout, observe_activations, quantize_m
 from ..models.text import encode_prompts
 from ..models.tome import token_merging
 from ..models.transformer import MeissonicTransformer2DModel
-from ..sampling.enhance import differential_probs, halton_priority, normal_noise, zigzag_remask
+from ..sampling.enhance import differential_probs, guided_logits, halton_priority, normal_noise, zigzag_remask
 from ..sampling.options import SamplerOptions
 from ..sampling.scheduler import Generators, MeissonicScheduler
 from .images import image_size, numpy_to_pil, tensor_to_numpy
@@ -306,7 +306,7 @@ class MeissonicPipelineBase(DiffusionPipeline):
                                          torch.cat([timestep, timestep]),
                                          torch.cat([micro_conds, micro_conds])).float()
                 uncond, cond = logits.chunk(2)
-                return uncond + scale * (cond - uncond)
+                return guided_logits(uncond, cond, scale)
             with activation_layout(self.transformer, "cond"):
                 return transformer(current, states[-batch:], pooled[-batch:], timestep, micro_conds).float()
 

@@ -14,6 +14,13 @@ import torch
 from .scheduler import Generators, lowest_k
 
 
+def guided_logits(uncond: torch.Tensor, cond: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
+    """Classifier-free guidance on logits (B, C, ...): u + s (c - u), with one scale or one per sample (B,)."""
+    if isinstance(scale, torch.Tensor):
+        scale = scale.to(cond.device).reshape(-1, *[1] * (cond.dim() - 1))
+    return uncond + scale * (cond - uncond)
+
+
 def normal_noise(shape: tuple[int, ...], generator: Generators, device: torch.device) -> torch.Tensor:
     """N(0, 1) noise in float32; with a list of generators, row b comes from generator b alone."""
     if isinstance(generator, list):

@@ -322,8 +322,8 @@ def validate(config: Any, source: str = "config") -> None:
         if objective.distill_guidance:
             pairs = objective.distill_guidance
             ratios = [ratio for ratio, _ in pairs]
-            if any(not 0.0 <= r < 1.0 for r in ratios) or ratios != sorted(ratios, reverse=True) \
-                    or len(set(ratios)) != len(ratios) or ratios[-1] != 0.0:
+            if any(not 0.0 <= r < 1.0 for r in ratios) or ratios[-1] != 0.0 \
+                    or any(a <= b for a, b in zip(ratios, ratios[1:], strict=False)):
                 raise ValueError(f"{source}: objective.distill_guidance ratios must be in [0, 1), strictly "
                                  f"decreasing and end at 0, got {ratios}")
             if any(not math.isfinite(scale) or scale < 0 for _, scale in pairs):

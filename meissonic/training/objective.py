@@ -141,11 +141,6 @@ def distillation_scales(mask_ratios: torch.Tensor, schedule: list[tuple[float, f
     return scales
 
 
-def guided_logits(uncond: torch.Tensor, cond: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """Classifier-free guidance on logits (B, C, H, W), as the sampler applies it: u + s (c - u), per sample s."""
-    return uncond + scales.to(cond.device)[:, None, None, None] * (cond - uncond)
-
-
 def masked_kl_sum(student: torch.Tensor, teacher: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """Sum over masked positions of KL(softmax(teacher) || softmax(student)), logits (B, C, H, W), in float32."""
     selected = masks.reshape(-1).to(student.device)

@@ -29,6 +29,7 @@ from ..data import (
     open_source,
 )
 from ..models.text import max_text_length
+from ..sampling.enhance import guided_logits
 from . import checkpoint as ckpt
 from .components import (
     add_lora,
@@ -48,7 +49,6 @@ from .engine import end_run, make_accelerator
 from .objective import (
     apply_cfg_dropout,
     distillation_scales,
-    guided_logits,
     masked_cross_entropy_sum,
     masked_inputs,
     masked_kl_sum,
@@ -332,18 +332,16 @@ class Trainer:
         args = self.model_inputs(batch, tokens, masks, drop)
         logits = self.model(*args)
         if self.distill:
-            return masked_kl_sum(logits, self.teacher_logits(batch, args, masks, drop), masks)
+            return masked_kl_sum(logits, self.teacher_logits(args, masks, drop), masks)
         return masked_cross_entropy_sum(logits, tokens, masks)
 
     @torch.no_grad()
-    def teacher_logits(
-        self, batch: dict, args: tuple[torch.Tensor, ...], masks: torch.Tensor, drop: torch.Tensor
-    ) -> torch.Tensor:
+    def teacher_logits(self, args: tuple[torch.Tensor, ...], masks: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
         """The frozen starting weights' guided logits for the model's inputs `args`: unconditional and
         conditional branches in one batch (a CFG-dropped row's two branches coincide), combined at the scale
         `objective.distill_guidance` gives each row's mask ratio."""
         inputs, states, pooled, timestep, micro = args
-        _, _, empty_states, empty_pooled = self.conditioning(batch)
+        empty_states, empty_pooled = self._empty  # set: distillation requires a frozen text encoder
         uncond_states, uncond_pooled = apply_cfg_dropout(states, pooled, empty_states, empty_pooled,
                                                          torch.ones_like(drop))
         with self.accelerator.autocast():
