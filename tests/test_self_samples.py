@@ -70,6 +70,59 @@ def test_keeps_exactly_the_correct_grids_and_pairs_each_with_a_render(pipe, vqva
     assert source.empty() is not None
 
 
+def test_best_of_k_keeps_the_first_correct_of_each_prompts_draws(pipe, vqvae, tmp_path):
+    prompts, per_prompt, seed = 8, 3, 7
+    index = write_self_samples(pipe, vqvae, tmp_path / "own", prompts, seed=seed, batch_size=6,
+                               samples_per_prompt=per_prompt)
+
+    # The same draws, made again in the same batches (two prompts, three images each).
+    tasks = training_tasks(prompts, seed)
+    expected, texts, right, per_batch = [], [], 0, []
+    for first in range(0, prompts, 2):
+        chunk = tasks[first:first + 2]
+        generators = [torch.Generator().manual_seed(1_000_000 * seed + j * prompts + first + i)
+                      for i in range(len(chunk)) for j in range(per_prompt)]
+        tokens = pipe([t.text for t in chunk for _ in range(per_prompt)], generator=generators,
+                      output_type="tokens").images
+        images = pipe.to_output(tokens, "pil").images
+        for i, task in enumerate(chunk):
+            verdicts = [check_task(task, detect(images[i * per_prompt + j])).correct for j in range(per_prompt)]
+            right += sum(verdicts)
+            if any(verdicts):
+                expected.append(tokens[i * per_prompt + verdicts.index(True)])
+                texts.append(task.text)
+        per_batch.append(len(expected) - sum(per_batch))
+    # Best-of-3 keeps a prompt drawn right once, not only those drawn right every time.
+    assert 0 < len(expected) < right
+
+    source = PreencodedSource(tmp_path / "own")
+    rows = [source.read(i) for i in range(len(source))]
+    captions = [json.loads(line) for line in (tmp_path / "own" / "captions-00000.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 * len(expected) == index["count"]
+    meta = index["self_samples"]
+    assert sum(meta["kept"].values()) == len(expected) and sum(meta["right"].values()) == right
+    assert meta["samples_per_prompt"] == per_prompt and sum(meta["prompts"].values()) == prompts
+    # Each batch writes its kept grids first, then as many renders.
+    kept_rows, start = [], 0
+    for count in per_batch:
+        kept_rows += list(range(start, start + count))
+        start += 2 * count
+    assert torch.equal(torch.stack([rows[i]["tokens"].long() for i in kept_rows]), torch.stack(expected))
+    assert [captions[i] for i in kept_rows] == texts
+    with pytest.raises(ValueError, match="samples_per_prompt"):
+        write_self_samples(pipe, vqvae, tmp_path / "none", prompts, samples_per_prompt=0)
+
+
+@pytest.mark.parametrize("flag", ["--samples-per-prompt", "--num-prompts", "--batch-size"])
+def test_command_refuses_counts_below_one_before_loading(flag, tmp_path, capsys):
+    args = {"--num-prompts": "4", "--samples-per-prompt": "1", "--batch-size": "2", flag: "0"}
+    code = main(["world", "self-samples", "--model", str(tmp_path / "no-model"), "--out", str(tmp_path / "own"),
+                 *[item for pair in args.items() for item in pair]])
+    assert code == 2
+    assert f"{flag} must be >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "own").exists()
+
+
 def test_command_refuses_an_existing_folder(tmp_path, capsys):
     (tmp_path / "own").mkdir()
     code = main(["world", "self-samples", "--model", str(default_model_folder()), "--out", str(tmp_path / "own"),

@@ -56,17 +56,22 @@ def write_self_samples(
     render_seed: int = 0,
     batch_size: int = 16,
     progress: Callable[[int, int, int], None] | None = None,
+    samples_per_prompt: int = 1,
 ) -> dict:
     """Sample `num_prompts` training-split prompts with `pipeline`'s defaults, keep the correct grids, pair each
     with a training render encoded by `vqvae` (float32), and write both as preencoded shards under `output`.
 
-    Image i of prompt list `training_tasks(num_prompts, seed)` is drawn with the generator seeded
-    `1_000_000 * seed + i`; render k is `training_example(k, render_seed)` under one of its captions, drawn
-    from `numpy.random.default_rng(seed)`. Returns the index, whose `self_samples` entry counts prompts and kept
-    grids per task type.
+    Each prompt of `training_tasks(num_prompts, seed)` is drawn `samples_per_prompt` (K) times and keeps its
+    first correct grid, if any: with K > 1 the rows hold the prompts the model gets right at least once in K
+    (best-of-K), not only those it gets right at the first draw, so the prompts it finds hard weigh more. Image j
+    of prompt i is drawn with the generator seeded `1_000_000 * seed + j * num_prompts + i`; render k is
+    `training_example(k, render_seed)` under one of its captions, drawn from `numpy.random.default_rng(seed)`.
+    Returns the index, whose `self_samples` entry counts prompts, images drawn right and kept grids per task type.
     """
     if num_prompts < 1:
         raise ValueError(f"num_prompts must be >= 1, got {num_prompts}")
+    if samples_per_prompt < 1:
+        raise ValueError(f"samples_per_prompt must be >= 1, got {samples_per_prompt}")
     side, writer, micro = _open_writer(pipeline, output)
     tokenizer, text_encoder = pipeline.tokenizer, pipeline.text_encoder
     rng = np.random.default_rng(seed)
@@ -78,20 +83,31 @@ def write_self_samples(
         writer.add(rows, captions)
 
     tasks = training_tasks(num_prompts, seed)
-    prompts, kept = Counter(), Counter()
+    prompts, right, kept = Counter(), Counter(), Counter()
     renders = 0
+    per_batch = max(1, batch_size // samples_per_prompt)
     start = time.perf_counter()
-    for first in range(0, len(tasks), batch_size):
-        chunk = tasks[first:first + batch_size]
-        generators = [torch.Generator().manual_seed(1_000_000 * seed + first + j) for j in range(len(chunk))]
-        tokens = pipeline([t.text for t in chunk], height=side, width=side, generator=generators,
-                          output_type="tokens").images
+    for first in range(0, len(tasks), per_batch):
+        chunk = tasks[first:first + per_batch]
+        generators = [
+            torch.Generator().manual_seed(1_000_000 * seed + j * num_prompts + first + i)
+            for i in range(len(chunk)) for j in range(samples_per_prompt)
+        ]
+        tokens = pipeline([t.text for t in chunk for _ in range(samples_per_prompt)], height=side, width=side,
+                          generator=generators, output_type="tokens").images
         images = pipeline.to_output(tokens, "pil").images  # what `meissonic eval world` scores
-        keep = [j for j, task in enumerate(chunk) if check_task(task, detect(images[j])).correct]
-        prompts.update(t.task_type for t in chunk)
-        kept.update(chunk[j].task_type for j in keep)
+        keep, texts = [], []
+        for i, task in enumerate(chunk):
+            rows = range(i * samples_per_prompt, (i + 1) * samples_per_prompt)
+            good = [r for r in rows if check_task(task, detect(images[r])).correct]
+            prompts[task.task_type] += 1
+            right[task.task_type] += len(good)
+            if good:
+                kept[task.task_type] += 1
+                keep.append(good[0])
+                texts.append(task.text)
         if keep:
-            add(tokens[keep], [chunk[j].text for j in keep])
+            add(tokens[keep], texts)
             scenes, captions = [], []
             for _ in keep:
                 scene, options = training_example(renders, seed=render_seed)
@@ -104,8 +120,9 @@ def write_self_samples(
             progress(first + len(chunk), len(tasks), sum(kept.values()))
     states, pooled = _encode_text(tokenizer, text_encoder, [""])
     writer.meta["self_samples"] = {
-        "prompts": dict(prompts), "kept": dict(kept), "renders": renders, "seed": seed,
-        "render_seed": render_seed, "seconds": round(time.perf_counter() - start, 1),
+        "prompts": dict(prompts), "right": dict(right), "kept": dict(kept), "renders": renders, "seed": seed,
+        "render_seed": render_seed, "samples_per_prompt": samples_per_prompt,
+        "seconds": round(time.perf_counter() - start, 1),
     }
     writer.close({"text_states": states.float(), "pooled": pooled.float()})
     return dict(writer.meta, count=writer.count)

@@ -42,6 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "preencoded shards of a model's own correct samples (detector-filtered) and as many training renders",
     )
     own.add_argument("--render-seed", type=int, default=0, help="seed of the paired training renders")
+    own.add_argument("--samples-per-prompt", type=int, default=1,
+                     help="images drawn per prompt; its first correct one is kept (best-of-K, default 1)")
     pairs = _sampling_parser(
         actions, "preference-pairs",
         "preencoded (right, wrong) pairs of a model's own samples of the same prompts (detector-judged)",
@@ -123,6 +125,12 @@ def _self_samples(args: argparse.Namespace) -> int:
     if out.exists():
         print(f"error: {out} exists; choose a new folder", file=sys.stderr)
         return 2
+    least = 2 if args.action == "preference-pairs" else 1
+    for flag, value, minimum in (("--num-prompts", args.num_prompts, 1), ("--batch-size", args.batch_size, 1),
+                                 ("--samples-per-prompt", args.samples_per_prompt, least)):
+        if value < minimum:
+            print(f"error: {flag} must be >= {minimum}, got {value}", file=sys.stderr)
+            return 2
     pipe = MeissonicPipeline.from_pretrained(args.model, torch_dtype=torch.bfloat16)
     pipe.set_progress_bar_config(disable=True)
     what = "pairs" if args.action == "preference-pairs" else "kept"
@@ -137,7 +145,7 @@ def _self_samples(args: argparse.Namespace) -> int:
     else:
         vqvae = VQModel.from_pretrained(str(Path(args.model) / "vqvae"), torch_dtype=torch.float32).eval()
         index = write_self_samples(pipe, vqvae, out, args.num_prompts, args.seed, args.render_seed,
-                                   args.batch_size, progress)
+                                   args.batch_size, progress, args.samples_per_prompt)
         print(json.dumps(index["self_samples"]))
     print(f"wrote {index['count']} rows to {out}")
     return 0
