@@ -46,6 +46,30 @@ def _open_writer(pipeline, output: str | Path) -> tuple[int, ShardWriter, torch.
     return side, ShardWriter(output, meta), torch.tensor([side, side, 0.0, 0.0, 6.0])
 
 
+
+def _draws(pipeline, tasks: list, seed: int, samples_per_prompt: int, batch_size: int, side: int):
+    """Draw each task `samples_per_prompt` (K) times with `pipeline`'s defaults, as many tasks per call as
+    `batch_size` holds. Image j of task i is drawn with the generator seeded `1_000_000 * seed + j * len(tasks) + i`.
+    Yields, per call, the index of its first task, its tasks, their token grids (K rows per task, in order) and,
+    per task, the rows the world detector reads as correct (what `meissonic eval world` scores)."""
+    per_batch = max(1, batch_size // samples_per_prompt)
+    for first in range(0, len(tasks), per_batch):
+        chunk = tasks[first:first + per_batch]
+        generators = [
+            torch.Generator().manual_seed(1_000_000 * seed + j * len(tasks) + first + i)
+            for i in range(len(chunk)) for j in range(samples_per_prompt)
+        ]
+        tokens = pipeline([t.text for t in chunk for _ in range(samples_per_prompt)], height=side, width=side,
+                          generator=generators, output_type="tokens").images
+        images = pipeline.to_output(tokens, "pil").images
+        good = [
+            [r for r in range(i * samples_per_prompt, (i + 1) * samples_per_prompt)
+             if check_task(task, detect(images[r])).correct]
+            for i, task in enumerate(chunk)
+        ]
+        yield first, chunk, tokens, good
+
+
 @torch.no_grad()
 def write_self_samples(
     pipeline,
@@ -85,26 +109,15 @@ def write_self_samples(
     tasks = training_tasks(num_prompts, seed)
     prompts, right, kept = Counter(), Counter(), Counter()
     renders = 0
-    per_batch = max(1, batch_size // samples_per_prompt)
     start = time.perf_counter()
-    for first in range(0, len(tasks), per_batch):
-        chunk = tasks[first:first + per_batch]
-        generators = [
-            torch.Generator().manual_seed(1_000_000 * seed + j * num_prompts + first + i)
-            for i in range(len(chunk)) for j in range(samples_per_prompt)
-        ]
-        tokens = pipeline([t.text for t in chunk for _ in range(samples_per_prompt)], height=side, width=side,
-                          generator=generators, output_type="tokens").images
-        images = pipeline.to_output(tokens, "pil").images  # what `meissonic eval world` scores
+    for first, chunk, tokens, good in _draws(pipeline, tasks, seed, samples_per_prompt, batch_size, side):
         keep, texts = [], []
-        for i, task in enumerate(chunk):
-            rows = range(i * samples_per_prompt, (i + 1) * samples_per_prompt)
-            good = [r for r in rows if check_task(task, detect(images[r])).correct]
+        for task, rows in zip(chunk, good, strict=True):
             prompts[task.task_type] += 1
-            right[task.task_type] += len(good)
-            if good:
+            right[task.task_type] += len(rows)
+            if rows:
                 kept[task.task_type] += 1
-                keep.append(good[0])
+                keep.append(rows[0])
                 texts.append(task.text)
         if keep:
             add(tokens[keep], texts)
@@ -154,23 +167,11 @@ def write_preference_pairs(
 
     tasks = training_tasks(num_prompts, seed)
     prompts, right, pairs = Counter(), Counter(), Counter()
-    per_batch = max(1, batch_size // samples_per_prompt)
     start = time.perf_counter()
-    for first in range(0, len(tasks), per_batch):
-        chunk = tasks[first:first + per_batch]
-        texts = [t.text for t in chunk for _ in range(samples_per_prompt)]
-        generators = [
-            torch.Generator().manual_seed(1_000_000 * seed + j * num_prompts + first + i)
-            for i in range(len(chunk)) for j in range(samples_per_prompt)
-        ]
-        tokens = pipeline(texts, height=side, width=side, generator=generators, output_type="tokens").images
-        images = pipeline.to_output(tokens, "pil").images
+    for first, chunk, tokens, good_rows in _draws(pipeline, tasks, seed, samples_per_prompt, batch_size, side):
         chosen, rejected, captions = [], [], []
-        for i, task in enumerate(chunk):
-            rows = range(i * samples_per_prompt, (i + 1) * samples_per_prompt)
-            verdicts = {r: check_task(task, detect(images[r])).correct for r in rows}
-            good = [r for r in rows if verdicts[r]]
-            bad = [r for r in rows if not verdicts[r]]
+        for i, (task, good) in enumerate(zip(chunk, good_rows, strict=True)):
+            bad = [r for r in range(i * samples_per_prompt, (i + 1) * samples_per_prompt) if r not in good]
             prompts[task.task_type] += 1
             right[task.task_type] += len(good)
             pairs[task.task_type] += min(len(good), len(bad))
