@@ -5,6 +5,7 @@ meissonic world sample --num 8 --split heldout
 meissonic world tokenizer --out DIR
 meissonic world self-samples --model FOLDER --out DIR --num-prompts 3168 --seed 11
 meissonic world preference-pairs --model FOLDER --out DIR --num-prompts 800 --seed 13
+meissonic world reinforce --model FOLDER --out RUN --updates 150
 """
 
 from __future__ import annotations
@@ -49,6 +50,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "preencoded (right, wrong) pairs of a model's own samples of the same prompts (detector-judged)",
     )
     pairs.add_argument("--samples-per-prompt", type=int, default=4, help="images drawn per prompt (>= 2)")
+    policy = actions.add_parser(
+        "reinforce",
+        help="policy-gradient fine-tuning of a model on the detector's reward for its own samples (resumable)",
+    )
+    policy.add_argument("--model", required=True, help="Meissonic checkpoint folder to start from")
+    policy.add_argument("--out", required=True, help="run folder (checkpoints, log.jsonl, export/)")
+    policy.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    defaults = _policy_defaults()
+    for name, kind, help in (
+        ("updates", int, "policy updates in all"),
+        ("prompts_per_update", int, "training-split prompts per update"),
+        ("samples_per_prompt", int, "images drawn per prompt (>= 2; rewards are compared within a prompt)"),
+        ("steps_per_update", int, "decoding steps back-propagated through per update, chosen at random"),
+        ("step_fraction", float, "choose them among this first fraction of the steps"),
+        ("lr", float, "AdamW learning rate"),
+        ("kl_beta", float, "weight of the KL penalty towards the starting weights"),
+        ("max_grad_norm", float, "gradient norm clip"),
+        ("seed", int, "seed of the prompt list, the samples and the chosen steps"),
+        ("save_every", int, "updates between checkpoints"),
+    ):
+        policy.add_argument("--" + name.replace("_", "-"), type=kind, default=defaults[name],
+                            help=f"{help} (default {defaults[name]})")
+
+
+def _policy_defaults() -> dict:
+    import dataclasses
+
+    from meissonic.training.policy_gradient import PolicySettings
+
+    return {f.name: f.default for f in dataclasses.fields(PolicySettings)}
 
 
 def _scene_weights(text: str) -> dict[str, float]:
@@ -101,6 +132,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.action in ("self-samples", "preference-pairs"):
         return _self_samples(args)
+    if args.action == "reinforce":
+        return _reinforce(args)
     if args.action == "tokenizer":
         from meissonic.world.tokenizer import write_world_tokenizer
 
@@ -148,4 +181,30 @@ def _self_samples(args: argparse.Namespace) -> int:
                                    args.batch_size, progress, args.samples_per_prompt)
         print(json.dumps(index["self_samples"]))
     print(f"wrote {index['count']} rows to {out}")
+    return 0
+
+
+def _reinforce(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from meissonic.training.policy_gradient import PolicySettings, PolicyTrainer
+
+    out = Path(args.out)
+    if out.exists() and not args.resume:
+        print(f"error: {out} exists; pass --resume to continue it or choose a new folder", file=sys.stderr)
+        return 2
+    if args.resume and not out.exists():
+        print(f"error: {out} does not exist; nothing to resume", file=sys.stderr)
+        return 2
+    try:
+        settings = PolicySettings(**{name: getattr(args, name) for name in _policy_defaults()})
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+    def progress(row: dict) -> None:
+        print(json.dumps({k: v for k, v in row.items() if k != "task_types"}), file=sys.stderr, flush=True)
+
+    export = PolicyTrainer(args.model, out, settings, resume=args.resume).run(progress)
+    print(f"exported {export}")
     return 0
