@@ -33,3 +33,16 @@ def is_embedded_model():
         return all(config.get(k) == v for k, v in expected.items() if not k.startswith("_"))
 
     return check
+
+
+@pytest.fixture(scope="session")
+def embedded_pipe():
+    """The package's embedded default model in bf16, loaded once per test session (tests must not change it)."""
+    import torch
+
+    from meissonic import MeissonicPipeline
+    from meissonic.interfaces.commands.common import default_model_folder
+
+    pipe = MeissonicPipeline.from_pretrained(default_model_folder(), torch_dtype=torch.bfloat16)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from meissonic import MeissonicPipeline
 from meissonic.eval import score
 from meissonic.interfaces.cli import main
 from meissonic.interfaces.commands.common import default_model_folder
@@ -14,10 +13,8 @@ from meissonic.world import heldout_tasks
 
 
 @pytest.fixture(scope="module")
-def pipe():
-    pipe = MeissonicPipeline.from_pretrained(default_model_folder(), torch_dtype=torch.bfloat16)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+def pipe(embedded_pipe):
+    return embedded_pipe
 
 
 def test_package_weights_within_budget():

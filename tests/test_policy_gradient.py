@@ -28,10 +28,8 @@ TINY = dict(prompts_per_update=1, samples_per_prompt=2, steps_per_update=2, save
 
 
 @pytest.fixture(scope="module")
-def pipe():
-    pipe = MeissonicPipeline.from_pretrained(default_model_folder(), torch_dtype=torch.bfloat16)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+def pipe(embedded_pipe):
+    return embedded_pipe
 
 
 def test_advantages_compare_draws_of_the_same_prompt():

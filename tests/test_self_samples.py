@@ -9,7 +9,6 @@ import pytest
 import torch
 from diffusers import VQModel
 
-from meissonic import MeissonicPipeline
 from meissonic.data import PreencodedSource
 from meissonic.eval.world import check_task
 from meissonic.interfaces.cli import main
@@ -39,10 +38,8 @@ def redraw(pipe, prompts: int, seed: int, per_prompt: int, per_batch: int = 2):
 
 
 @pytest.fixture(scope="module")
-def pipe():
-    pipe = MeissonicPipeline.from_pretrained(default_model_folder(), torch_dtype=torch.bfloat16)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+def pipe(embedded_pipe):
+    return embedded_pipe
 
 
 @pytest.fixture(scope="module")
