@@ -137,8 +137,19 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
     with pytest.raises(ValueError, match="lr"):
         PolicyTrainer(default_model_folder(), tmp_path / "cut", PolicySettings(updates=3, **{**TINY, "lr": 1e-3}),
                       resume=True)
+    with pytest.raises(ValueError, match="was started from"):
+        PolicyTrainer(tmp_path / "whole" / "export", tmp_path / "cut", PolicySettings(updates=3, **TINY), resume=True)
     with pytest.raises(FileExistsError):
         PolicyTrainer(default_model_folder(), tmp_path / "cut", PolicySettings(updates=3, **TINY))
+
+
+def test_resume_before_the_first_checkpoint_starts_over_and_drops_the_lost_rows(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "log.jsonl").write_text(json.dumps({"update": 1, "reward": 0.5}) + "\n")
+    trainer = PolicyTrainer(default_model_folder(), run, PolicySettings(updates=1, **TINY), resume=True)
+    assert trainer.update == 0
+    assert (run / "log.jsonl").read_text() == ""
 
 
 def test_cli_refuses_bad_settings_and_existing_runs(tmp_path, capsys):

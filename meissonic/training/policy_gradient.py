@@ -233,18 +233,19 @@ class PolicyTrainer:
     def _load(self) -> None:
         remove_partial(self.run_dir)
         folder = latest_checkpoint(self.run_dir)
-        if folder is None:
-            return
-        state = read_json(folder / "state.json")
-        saved = {k: v for k, v in state["settings"].items() if k != "updates"}
-        given = {k: v for k, v in dataclasses.asdict(self.settings).items() if k != "updates"}
-        if saved != given:
-            changed = sorted(k for k in given if saved.get(k) != given[k])
-            raise ValueError(f"{self.run_dir} was started with other settings ({', '.join(changed)}): "
-                             f"{ {k: saved.get(k) for k in changed} }")
-        self.policy.load_state_dict(load_tensors(folder / "transformer.safetensors"))
-        self.optimizer.load_state_dict(load_object(folder / "optimizer.pt"))
-        self.update = state["update"]
+        if folder is not None:
+            state = read_json(folder / "state.json")
+            if Path(state["model"]).resolve() != self.model_folder.resolve():
+                raise ValueError(f"{self.run_dir} was started from {state['model']}, not {self.model_folder}")
+            saved = {k: v for k, v in state["settings"].items() if k != "updates"}
+            given = {k: v for k, v in dataclasses.asdict(self.settings).items() if k != "updates"}
+            if saved != given:
+                changed = sorted(k for k in given if saved.get(k) != given[k])
+                raise ValueError(f"{self.run_dir} was started with other settings ({', '.join(changed)}): "
+                                 f"{ {k: saved.get(k) for k in changed} }")
+            self.policy.load_state_dict(load_tensors(folder / "transformer.safetensors"))
+            self.optimizer.load_state_dict(load_object(folder / "optimizer.pt"))
+            self.update = state["update"]
         log = self.run_dir / LOG
         if log.exists():  # drop rows of updates made after the checkpoint (they are made again)
             rows = [line for line in log.read_text().splitlines() if json.loads(line)["update"] <= self.update]
