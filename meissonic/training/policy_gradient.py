@@ -17,6 +17,7 @@ Everything random in update u is seeded by (seed, u), so a resumed run equals an
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import shutil
@@ -136,10 +137,9 @@ class PolicyTrainer:
             raise FileExistsError(f"{self.run_dir} exists; pass resume to continue it or choose a new folder")
         self.pipe = MeissonicPipeline.from_pretrained(self.model_folder, torch_dtype=torch.bfloat16)
         self.pipe.set_progress_bar_config(disable=True)
-        load = dict(torch_dtype=torch.float32)
-        self.policy = MeissonicTransformer2DModel.from_pretrained(self.model_folder / "transformer", **load).train()
-        self.reference = MeissonicTransformer2DModel.from_pretrained(self.model_folder / "transformer", **load).eval()
-        self.reference.requires_grad_(False)
+        self.policy = MeissonicTransformer2DModel.from_pretrained(self.model_folder / "transformer",
+                                                                  torch_dtype=torch.float32).train()
+        self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)
         self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=settings.lr, betas=(0.9, 0.99),
                                            weight_decay=0.0)
         self.update = 0
@@ -160,8 +160,7 @@ class PolicyTrainer:
         generators = [step_generator(s.seed, u, stream=1 + b) for b in range(len(prompts))]
         trajectory = sample_trajectories(self.pipe, prompts, generators)
         images = self.pipe.to_output(trajectory.grids[-1], "pil").images
-        results = [check_task(tasks[b // s.samples_per_prompt], image) for b, image in
-                   enumerate(detect(image) for image in images)]
+        results = [check_task(tasks[b // s.samples_per_prompt], detect(image)) for b, image in enumerate(images)]
         rewards = torch.tensor([self.reward(r) for r in results])
         sampled = time.perf_counter()
         num_steps = max(1, round(s.step_fraction * len(trajectory.temperatures)))  # the steps that may be chosen
@@ -180,7 +179,7 @@ class PolicyTrainer:
               weight: float) -> dict:
         """One optimizer step on -sum_b A_b * weight * sum_{i in steps} log pi(step i's committed tokens of b), per
         image token, plus kl_beta times the mean KL(reference || policy) over the steps' masked positions."""
-        batch, seq_len = len(prompts), trajectory.grids[0][0].numel()
+        batch, seq_len, num_steps = len(prompts), trajectory.grids[0][0].numel(), len(trajectory.temperatures)
         mask_id = self.policy.mask_token_id
         with torch.no_grad():
             states, pooled = (x.float() for x in self.pipe.encode_prompt(prompts))
@@ -191,7 +190,7 @@ class PolicyTrainer:
         for i in steps:
             before, after = trajectory.grids[i], trajectory.grids[i + 1]
             masked = (before == mask_id).flatten(1)
-            timestep = masked.float().mean(dim=1)
+            timestep = self.pipe.model_timestep(i, num_steps, before)  # what the sampler fed the model at step i
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 logits = self.policy(before, states, pooled, timestep, micro)
                 with torch.no_grad():
