@@ -221,6 +221,33 @@ def test_scene_weights_set_the_mix_of_scene_types(tmp_path):
     assert len((tmp_path / "metadata.jsonl").read_text().splitlines()) == 2
 
 
+def test_shuffled_pairs_name_either_object_first(tmp_path):
+    def first_named_leads(scene) -> bool:  # the first-named object is the left (or top) one
+        a, b = scene.objects
+        return a.cx < b.cx if arrangement(a, b)[0] == "horizontal" else a.cy < b.cy
+
+    leads, shuffled_leads, pairs = 0, 0, 0
+    for i in range(400):
+        (scene, texts), (shuffled, shuffled_texts) = training_example(i, 4), training_example(i, 4, shuffle_pairs=True)
+        if scene.scene_type != "pair":
+            assert (shuffled, shuffled_texts) == (scene, texts)  # other scene types keep the stream
+            continue
+        pairs += 1
+        assert render(shuffled, 64).tobytes() == render(scene, 64).tobytes()  # same image, names reordered
+        assert set(shuffled.objects) == set(scene.objects)
+        first = shuffled.objects[0]
+        assert all(t.index(first.colour) < t.index(shuffled.objects[1].colour) or first.colour ==
+                   shuffled.objects[1].colour for t in shuffled_texts)  # captions name objects[0] first
+        leads += first_named_leads(scene)
+        shuffled_leads += first_named_leads(shuffled)
+    assert pairs > 60 and leads == pairs  # by default the caption order is the layout order
+    assert 0.35 < shuffled_leads / pairs < 0.65
+    write_dataset(tmp_path, 2, seed=4, shuffle_pairs=True)
+    assert json.loads((tmp_path / "world.json").read_text())["shuffle_pairs"] is True
+    with pytest.raises(ValueError, match="other settings"):
+        write_dataset(tmp_path, 3, seed=4)
+
+
 def test_world_cli(tmp_path, capsys):
     from meissonic.interfaces.commands import world
 
@@ -231,6 +258,8 @@ def test_world_cli(tmp_path, capsys):
     args = ["render", "--out", str(tmp_path / "w"), "--num", "2", "--scene-weights", "position=2,pair=1"]
     assert world.run(parser.parse_args(args)) == 0
     assert json.loads((tmp_path / "w" / "world.json").read_text())["scene_weights"] == {"position": 2, "pair": 1}
+    assert world.run(parser.parse_args(["render", "--out", str(tmp_path / "s"), "--num", "1", "--shuffle-pairs"])) == 0
+    assert json.loads((tmp_path / "s" / "world.json").read_text())["shuffle_pairs"] is True
     for bad in ("position", "position=x", "circle=1"):
         with pytest.raises(SystemExit):
             parser.parse_args(["render", "--out", str(tmp_path), "--num", "1", "--scene-weights", bad])

@@ -13,6 +13,7 @@ and the rest are added; a partly written last line is dropped.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -32,12 +33,18 @@ from meissonic.world.scene import (
 
 
 def training_example(
-    index: int, seed: int = 0, num_captions: int = 4, scene_weights: dict[str, float] | None = None
+    index: int,
+    seed: int = 0,
+    num_captions: int = 4,
+    scene_weights: dict[str, float] | None = None,
+    shuffle_pairs: bool = False,
 ) -> tuple[Scene, list[str]]:
     """Scene `index` of the training stream of `seed` and its paraphrased captions.
 
     `scene_weights` (scene type -> relative weight, e.g. {"position": 2, "pair": 1}) draws the scene types in
     those proportions; types left out are never drawn. Without it the four types are equally likely.
+    A pair scene's caption names the left (or top) object first; `shuffle_pairs` names them in random order, so
+    that only a position scene's relation words, not the order of the names, tell where the objects are.
     """
     rng = np.random.default_rng([seed, index])
     scene_type = None
@@ -45,6 +52,8 @@ def training_example(
         types, weights = check_scene_weights(scene_weights)
         scene_type = types[int(rng.choice(len(types), p=weights))]
     scene = training_scene(rng, scene_type)
+    if shuffle_pairs and scene.scene_type == "pair" and rng.random() < 0.5:
+        scene = dataclasses.replace(scene, objects=scene.objects[::-1])
     return scene, captions(scene, rng, num_captions)
 
 
@@ -62,13 +71,16 @@ def check_scene_weights(scene_weights: dict[str, float]) -> tuple[list[str], np.
     return types, weights / weights.sum()
 
 
-def _settings(seed: int, size: int, num_captions: int, scene_weights: dict[str, float] | None) -> dict:
+def _settings(
+    seed: int, size: int, num_captions: int, scene_weights: dict[str, float] | None, shuffle_pairs: bool
+) -> dict:
     return {
         "generator": "meissonic.world",
         "seed": seed,
         "size": size,
         "num_captions": num_captions,
         "scene_weights": scene_weights,
+        "shuffle_pairs": shuffle_pairs,
         "heldout": {
             "pairs": sorted(" ".join(p) for p in HELDOUT_PAIRS),
             "counts": sorted(f"{n} {k}" for n, k in HELDOUT_COUNTS),
@@ -97,11 +109,12 @@ def write_dataset(
     num_captions: int = 4,
     progress=None,
     scene_weights: dict[str, float] | None = None,
+    shuffle_pairs: bool = False,
 ) -> Path:
     """Write `num` training renders (no held-out composition) to `out_dir`, resuming a previous run.
 
-    `scene_weights` as in `training_example`. `progress`, if given, is called as progress(done, num) after each
-    image. Returns the metadata path.
+    `scene_weights` and `shuffle_pairs` as in `training_example`. `progress`, if given, is called as
+    progress(done, num) after each image. Returns the metadata path.
     """
     if num < 1:
         raise ValueError(f"the number of images must be at least 1, got {num}")
@@ -109,11 +122,11 @@ def write_dataset(
         check_scene_weights(scene_weights)
         scene_weights = {t: float(w) for t, w in scene_weights.items()}
     out = Path(out_dir)
-    settings = _settings(seed, size, num_captions, scene_weights)
+    settings = _settings(seed, size, num_captions, scene_weights, shuffle_pairs)
     info_path = out / "world.json"
-    keys = ("seed", "size", "num_captions", "scene_weights")
+    keys = ("seed", "size", "num_captions", "scene_weights", "shuffle_pairs")
     if info_path.is_file():
-        previous = json.loads(info_path.read_text())
+        previous = {"shuffle_pairs": False, **json.loads(info_path.read_text())}  # older folders: no shuffling
         if {k: previous.get(k) for k in keys} != {k: settings[k] for k in keys}:
             raise ValueError(f"{out} holds a dataset with other settings ({previous}); use another folder")
     out.mkdir(parents=True, exist_ok=True)
@@ -127,7 +140,7 @@ def write_dataset(
         for i in range(num):
             name = f"{i:07d}.png"
             if name not in rows:
-                scene, texts = training_example(i, seed, num_captions, scene_weights)
+                scene, texts = training_example(i, seed, num_captions, scene_weights, shuffle_pairs)
                 render(scene, size).save(out / name, optimize=False)
                 row = {"file_name": name, "text": texts[0], "captions": texts, "scene": scene.to_json()}
                 f.write(json.dumps(row) + "\n")

@@ -31,6 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="relative frequency of the scene types, e.g. position=2,pair=1,count=1,single=1 "
         "(types left out are not drawn; default: all four equally)",
     )
+    render.add_argument(
+        "--shuffle-pairs",
+        action="store_true",
+        help="name the two objects of a pair scene in random order (default: the left or top one first)",
+    )
     sample = actions.add_parser("sample", help="print prompts (training scenes or held-out evaluation tasks)")
     sample.add_argument("--num", type=int, default=8)
     sample.add_argument("--seed", type=int, default=0)
@@ -127,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
             num_captions=args.num_captions,
             progress=progress,
             scene_weights=args.scene_weights,
+            shuffle_pairs=args.shuffle_pairs,
         )
         print(f"wrote {args.num} images and {path}")
         return 0
