@@ -1,5 +1,6 @@
 """Copy a trained pipeline into the package as the embedded default model, with bfloat16 weights and its
-sampling defaults (steps, guidance, sampler) stored in model_index.json.
+sampling defaults (steps, guidance, sampler) and the world's relation rewrites ("A right of B" read as "B left of
+A", `meissonic.world.captions.layout_rewrites`) stored in model_index.json.
 
 Usage: python scripts/package_default_model.py EXPORT_FOLDER [--vqvae FOLDER] [--steps N] [--guidance-scale G]
        [--sampler SPEC]
@@ -15,6 +16,7 @@ import torch
 from diffusers import VQModel
 
 from meissonic import MeissonicPipeline
+from meissonic.world.captions import layout_rewrites
 
 TARGET = Path(__file__).resolve().parents[1] / "meissonic" / "assets" / "default_model"
 LIMIT_MB = 60
@@ -30,7 +32,7 @@ def main() -> None:
                         "(default: the export's own)")
     args = parser.parse_args()
     settings = {"default_steps": args.steps, "default_guidance_scale": args.guidance_scale,
-                "default_sampler": args.sampler}
+                "default_sampler": args.sampler, "prompt_rewrites": layout_rewrites()}
     pipe = MeissonicPipeline.from_pretrained(
         args.export, torch_dtype=torch.bfloat16, **{k: v for k, v in settings.items() if v is not None}
     )

@@ -37,6 +37,19 @@ def test_generate_without_model_flag(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "out.png").is_file()
 
 
+def test_relations_are_restated_in_the_order_the_model_draws(tmp_path, monkeypatch, capsys):
+    """The model draws the object named first on the left / top, so its prompt_rewrites restate "A below B" as
+    "B above A"; `meissonic generate` says so on stderr, and --no-prompt-rewrites encodes the prompt as typed."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["generate", "a green triangle below a red star", "--steps", "2"]) == 0
+    out = capsys.readouterr()
+    assert out.out.strip() == "out.png"
+    assert "'a red star above a green triangle'" in out.err
+    assert main(["generate", "a green triangle below a red star", "--steps", "2", "--no-prompt-rewrites"]) == 0
+    out = capsys.readouterr()
+    assert out.out.strip() == "out-1.png" and "reads" not in out.err
+
+
 def test_world_score_far_above_chance(pipe):
     tasks = heldout_tasks(16, seed=123)
     images = pipe([t.text for t in tasks], generator=[torch.Generator().manual_seed(i) for i in range(16)]).images

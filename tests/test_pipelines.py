@@ -420,3 +420,49 @@ def test_decode_tokens_equals_the_vq_decoder_in_its_own_layout(pipe):
     torch.testing.assert_close(images, expected, atol=1e-5, rtol=1e-5)
     for i in range(2):  # an image does not depend on the batch it is decoded in
         assert torch.equal(pipe.decode_tokens(tokens[i : i + 1])[0], images[i])
+
+
+def test_checkpoint_prompt_rewrites(tiny_folder, tmp_path):
+    """`prompt_rewrites` in model_index.json change what the model reads, in every pipeline call and in
+    encode_prompt, survive save_pretrained / from_pipe, and are turned off by from_pretrained(prompt_rewrites=[])."""
+    folder = broken_copy(tiny_folder, tmp_path)
+    index = json.loads((folder / "model_index.json").read_text())
+    index["prompt_rewrites"] = [[r"^a (\w+) right of a (\w+)$", r"a \2 left of a \1"]]
+    (folder / "model_index.json").write_text(json.dumps(index))
+    pipe = MeissonicPipeline.from_pretrained(folder)
+    plain = MeissonicPipeline.from_pretrained(folder, prompt_rewrites=[])
+    for p in (pipe, plain):
+        p.set_progress_bar_config(disable=True)
+    assert pipe.rewrite_prompt("a cat right of a dog") == "a dog left of a cat"
+    assert pipe.rewrite_prompt("a cat above a dog") == "a cat above a dog"
+    assert plain.rewrite_prompt("a cat right of a dog") == "a cat right of a dog"
+
+    states, _ = pipe.encode_prompt(["a cat right of a dog"])
+    assert torch.equal(states, plain.encode_prompt(["a dog left of a cat"])[0])
+    assert not torch.equal(states, plain.encode_prompt(["a cat right of a dog"])[0])
+
+    def logits(p, prompt):  # the guided logits of every step
+        used = []
+        p(prompt, height=32, width=32, num_inference_steps=4, guidance_scale=3.0, output_type="tokens",
+          generator=seeded(), callback_on_step_end=lambda _, i, t, tensors: used.append(tensors["logits"].clone()))
+        return torch.stack(used)
+
+    read = logits(pipe, "a cat right of a dog")
+    assert torch.equal(read, logits(plain, "a dog left of a cat"))
+    assert not torch.equal(read, logits(plain, "a cat right of a dog"))
+
+    pipe.save_pretrained(tmp_path / "saved")
+    reloaded = MeissonicPipeline.from_pretrained(tmp_path / "saved")
+    assert reloaded.config.prompt_rewrites == index["prompt_rewrites"]
+    assert MeissonicImg2ImgPipeline.from_pipe(pipe).rewrite_prompt("a cat right of a dog") == "a dog left of a cat"
+
+
+@pytest.mark.parametrize("rules,message", [
+    ([["(", "x"]], r"prompt_rewrites\[0\]"),
+    ([["a", "x"], ["(?P<a>b)", r"\g<c>"]], r"prompt_rewrites\[1\].*'c'"),
+    (["ab"], "pair of strings"),
+    ([["a", 1]], "pair of strings"),
+])
+def test_bad_prompt_rewrites_are_refused(tiny_folder, rules, message):
+    with pytest.raises(ValueError, match=message):
+        MeissonicPipeline.from_pretrained(tiny_folder, prompt_rewrites=rules)

@@ -33,6 +33,7 @@ from meissonic.world import (
     training_tasks,
     write_dataset,
 )
+from meissonic.world.captions import layout_rewrites
 from meissonic.world.scene import arrangement
 
 
@@ -89,6 +90,50 @@ def test_caption_examples():
     assert parse_caption("two green triangles").objects == (ObjectSpec("triangle", "green", 2),)
     with pytest.raises(ValueError):
         parse_caption("a cat")
+
+
+def test_layout_rewrites_restate_the_scene():
+    """Every caption of a "right of" / "below" scene is restated as "left of" / "above" with its objects swapped,
+    and a pair caption ("A and B") as "A left of B" (frame, counts, sizes and background kept); renders of the
+    original scene satisfy the restated relation when it is the same scene, and the rest is left alone."""
+    import re
+
+    from meissonic.eval.world import check_task
+
+    rules = [(re.compile(pattern), replacement) for pattern, replacement in layout_rewrites()]
+
+    def rewrite(text):
+        for pattern, replacement in rules:
+            text = pattern.sub(replacement, text)
+        return text
+
+    rng = np.random.default_rng(5)
+    counts = Counter()
+    for scene in scenes(6, 600):
+        for text in (caption(scene, rng), caption(scene, rng, mention_background=True, mention_size=True)):
+            new, old = rewrite(text), parse_caption(text)
+            assert rewrite(text.upper()).lower() == new  # case does not matter
+            if old.task_type in ("single", "count") or (old.relation and old.relation.relation in ("left of", "above")):
+                assert new == text
+                counts["kept"] += 1
+                continue
+            task = parse_caption(new)
+            assert task.background == old.background and task.task_type == "position", (text, new)
+            if old.task_type == "pair":
+                assert task.objects == old.objects and task.relation.relation == "left of", (text, new)
+                counts["pair"] += 1
+                continue
+            assert task.relation.relation == {"right of": "left of", "below": "above"}[old.relation.relation], new
+            assert task.objects == old.objects[::-1], (text, new)
+            counts["restated"] += 1
+            if counts["restated"] <= 40:
+                assert check_task(task, detect(render(scene))).correct, (text, new)
+    assert counts["restated"] > 100 and counts["pair"] > 100 and counts["kept"] > 500, counts
+    assert rewrite("a red circle right of a blue square") == "a blue square left of a red circle"
+    assert rewrite("a drawing of two small red stars beneath one blue circle, gray background") == (
+        "a drawing of one blue circle above two small red stars, gray background")
+    assert rewrite("a red circle together with a blue square") == "a red circle left of a blue square"
+    assert rewrite("a cat right of a dog") == "a cat right of a dog"  # outside the grammar: as typed
 
 
 def test_layout_inside_image_without_overlap():

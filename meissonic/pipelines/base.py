@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +42,7 @@ class MeissonicPipelineOutput(BaseOutput):
 
 # Settings a checkpoint may store in model_index.json beside its components (None: the released defaults).
 TEXT2IMAGE_SETTINGS = ("default_steps", "default_guidance_scale", "default_sampler")
-PIPELINE_SETTINGS = ("default_resolution", *TEXT2IMAGE_SETTINGS)
+PIPELINE_SETTINGS = ("default_resolution", "prompt_rewrites", *TEXT2IMAGE_SETTINGS)
 RELEASED_STEPS, RELEASED_GUIDANCE = 48, 9.0
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,9 @@ class MeissonicPipelineBase(DiffusionPipeline):
     (CLIPTokenizer), scheduler (MeissonicScheduler). Settings: `default_resolution` (the image side when no size
     is given), `default_steps`, `default_guidance_scale` and `default_sampler` (text-to-image defaults; released:
     48, 9 and vanilla decoding). `default_sampler` is stored as the SamplerOptions fields that differ from vanilla,
-    e.g. {"guidance_interval": [0.0, 0.5]}."""
+    e.g. {"guidance_interval": [0.0, 0.5]}. `prompt_rewrites`: regular-expression substitutions [pattern,
+    replacement] applied in order to every prompt before it is encoded (released: none), for restatements a small
+    model reads better than what the user typed; `rewrite_prompt` shows what the model reads."""
 
     model_cpu_offload_seq = "text_encoder->transformer->vqvae"
     _compile_freeze: bool | None = None  # None: sample eagerly; see `compile`
@@ -68,11 +71,13 @@ class MeissonicPipelineBase(DiffusionPipeline):
         default_steps: int | None = None,
         default_guidance_scale: float | None = None,
         default_sampler: SamplerOptions | str | dict | None = None,
+        prompt_rewrites: Sequence[Sequence[str]] | None = None,
     ):
         super().__init__()
         self.register_modules(
             transformer=transformer, vqvae=vqvae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler
         )
+        rewrites = compile_rewrites(prompt_rewrites or ())
         try:
             sampler = resolve_sampler(default_sampler, {})
         except (TypeError, ValueError) as error:
@@ -86,7 +91,9 @@ class MeissonicPipelineBase(DiffusionPipeline):
                 RELEASED_GUIDANCE if default_guidance_scale is None else default_guidance_scale
             ),
             default_sampler=sampler.changes(),
+            prompt_rewrites=[list(rule) for rule, _ in rewrites],
         )
+        self._rewrites = [compiled for _, compiled in rewrites]
 
     @property
     def settings(self) -> dict:
@@ -153,8 +160,16 @@ class MeissonicPipelineBase(DiffusionPipeline):
                 raise ValueError(f"{name} {value} is not a multiple of {self.stride} (the model's pixel stride)")
 
     # ----- text ---------------------------------------------------------------------------------------------------
+    def rewrite_prompt(self, prompt: str) -> str:
+        """The text the model reads for `prompt`: the checkpoint's `prompt_rewrites` applied in order."""
+        for pattern, replacement in self._rewrites:
+            prompt = pattern.sub(replacement, prompt)
+        return prompt
+
     def encode_prompt(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prompts -> (text states (B, L, D), pooled (B, P)) on the execution device."""
+        """Prompts (rewritten by `rewrite_prompt`) -> (text states (B, L, D), pooled (B, P)) on the execution
+        device."""
+        prompts = [self.rewrite_prompt(p) for p in prompts]
         states, pooled = encode_prompts(self.tokenizer, self.text_encoder, prompts)
         return states, pooled
 
@@ -503,3 +518,18 @@ def prompt_count(prompt: str | list[str] | None, prompt_embeds: tuple[torch.Tens
 def check_per_prompt(items: list, prompts: int, name: str) -> None:
     if len(items) not in (1, prompts):
         raise ValueError(f"got {len(items)} {name} for {prompts} prompts; pass one or one per prompt")
+
+
+def compile_rewrites(rules: Sequence[Sequence[str]]) -> list[tuple[Sequence[str], tuple[re.Pattern, str]]]:
+    """Validate `prompt_rewrites` ([pattern, replacement] pairs); returns each rule with its compiled form."""
+    compiled = []
+    for i, rule in enumerate(rules):
+        if isinstance(rule, str) or len(rule) != 2 or not all(isinstance(part, str) for part in rule):
+            raise ValueError(f"prompt_rewrites[{i}] must be a [pattern, replacement] pair of strings, got {rule!r}")
+        try:
+            pattern = re.compile(rule[0])
+            pattern.sub(rule[1], "")  # parses the replacement: a bad group reference fails here, not on a prompt
+        except (re.error, IndexError) as error:  # IndexError: a reference to a group the pattern lacks
+            raise ValueError(f"prompt_rewrites[{i}]: {error}") from None
+        compiled.append((rule, (pattern, rule[1])))
+    return compiled

@@ -190,8 +190,8 @@ def merged_copy(model: nn.Module) -> nn.Module:
 
 
 def pretrained_sampling_defaults(pretrained: str) -> dict:
-    """`default_steps` / `default_guidance_scale` / `default_sampler` stored in a pretrained folder's
-    model_index.json (those present; none when the folder has no model_index.json)."""
+    """`default_steps` / `default_guidance_scale` / `default_sampler` / `prompt_rewrites` stored in a pretrained
+    folder's model_index.json (those present; none when the folder has no model_index.json)."""
     from ..pipelines.base import TEXT2IMAGE_SETTINGS
     from ..pipelines.loading import read_model_index
 
@@ -199,7 +199,7 @@ def pretrained_sampling_defaults(pretrained: str) -> dict:
     if not (folder / "model_index.json").is_file():
         return {}
     entries = read_model_index(folder)
-    return {k: entries[k] for k in TEXT2IMAGE_SETTINGS if entries.get(k) is not None}
+    return {k: entries[k] for k in (*TEXT2IMAGE_SETTINGS, "prompt_rewrites") if entries.get(k) is not None}
 
 
 def export_pipeline(
@@ -212,11 +212,12 @@ def export_pipeline(
     default_steps: int | None = None,
     default_guidance_scale: float | None = None,
     default_sampler: str | dict | None = None,
+    prompt_rewrites: list | None = None,
 ) -> Path:
     """Write a released-layout folder (SPEC section 1) atomically through `MeissonicPipeline.save_pretrained`;
     `default_resolution` (the training resolution) becomes the pipeline's default image side, and the sampling
     defaults the text-to-image defaults stored in model_index.json (None: the released 48 steps, guidance 9,
-    vanilla decoding)."""
+    vanilla decoding); `prompt_rewrites` as the pipeline takes them (a fine-tune keeps its base model's)."""
     from ..pipelines import MeissonicPipeline
     from ..sampling import MeissonicScheduler
 
@@ -233,6 +234,7 @@ def export_pipeline(
         default_steps=default_steps,
         default_guidance_scale=default_guidance_scale,
         default_sampler=default_sampler,
+        prompt_rewrites=prompt_rewrites,
     ).save_pretrained(str(tmp))
     if folder.exists():
         shutil.rmtree(folder)

@@ -543,9 +543,10 @@ class Trainer:
 
     def sampling_defaults(self) -> dict:
         """The export's text-to-image defaults: a fine-tuned checkpoint keeps those of `model.pretrained` (the
-        released 48 steps and guidance 9 when it stores none); a model trained from scratch or chained from a stage
-        samples like the run's validation grids (`validation.num_inference_steps`, `.guidance_scale`, `.sampler`).
-        A guidance-distilled model samples at guidance 1: its guidance is in its weights."""
+        released 48 steps and guidance 9 when it stores none) and its prompt rewrites; a model trained from scratch
+        or chained from a stage samples like the run's validation grids (`validation.num_inference_steps`,
+        `.guidance_scale`, `.sampler`). A guidance-distilled model samples at guidance 1: its guidance is in its
+        weights."""
         if self.config.model.pretrained:
             defaults = pretrained_sampling_defaults(self.config.model.pretrained)
         else:

@@ -159,3 +159,48 @@ def parse_caption(text: str) -> Task:
     else:
         task_type = "count" if objects[0].count > 1 else "single"
     return Task(text, objects, relation, background["bg"] if background else None, task_type)
+
+
+# ------------------------------------------------------------ restated layouts
+CANONICAL_RELATIONS: dict[str, str] = {"right of": "left of", "below": "above"}
+PAIR_LAYOUT = "left of"
+
+
+def layout_rewrites() -> list[tuple[str, str]]:
+    """Regular-expression rewrites (pattern, replacement) of whole captions of this grammar that state their layout
+    in the order a model draws best when it places the object named first on the left / top whatever the relation
+    word says (the embedded default model does):
+
+    * "A right of B" -> "B left of A" and "A below B" -> "B above A": the same scene, restated;
+    * "A and B" (or "with", "together with") -> "A left of B": one of the layouts the caption allows, stated.
+
+    Frame, object phrases (counts and sizes included) and background are kept; other text is left alone.
+    """
+
+    def literal(text: str) -> str:
+        return re.escape(text).replace("\\ ", " ")  # spaces need no escape: keeps model_index.json readable
+
+    def alternatives(phrases) -> str:
+        return "|".join(literal(p) for p in sorted(phrases, key=len, reverse=True))
+
+    obj = r"(?:{dets}) (?:(?:{sizes}) )?(?:{colours}) (?:{kinds})s?".format(
+        dets="|".join(_WORD_TO_COUNT),
+        sizes="|".join(_SIZE_WORD),
+        colours="|".join(COLOURS),
+        kinds="|".join(KINDS),
+    )
+    frame = "(?P<frame>(?:{})?)".format(alternatives(f.replace("{}", "") for f in FRAMES if f != "{}"))
+    background = "(?P<background>{})?".format(
+        "|".join(
+            literal(p).replace(literal("{}"), "(?:{})".format("|".join(BACKGROUNDS))) for p in BACKGROUND_PHRASES
+        )
+    )
+
+    def rule(between: str, replacement: str) -> tuple[str, str]:
+        pattern = rf"(?i)^{frame}(?P<a>{obj}) (?:{between}) (?P<b>{obj}){background}$"
+        return pattern, rf"\g<frame>{replacement}\g<background>"
+
+    rules = [rule(alternatives(RELATION_PHRASES[relation]), rf"\g<b> {canonical} \g<a>")
+             for relation, canonical in CANONICAL_RELATIONS.items()]
+    rules.append(rule(alternatives(JOINS), rf"\g<a> {PAIR_LAYOUT} \g<b>"))
+    return rules

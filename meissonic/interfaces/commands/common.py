@@ -21,6 +21,17 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--variant", help="weight file variant, e.g. fp16")
     group.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (auto: cuda when available)")
     group.add_argument("--cpu-offload", action="store_true", help="move each model to the GPU only while it runs")
+    add_prompt_rewrites_argument(group)
+
+
+def add_prompt_rewrites_argument(group: argparse._ActionsContainer) -> None:
+    group.add_argument("--no-prompt-rewrites", action="store_true", help="encode prompts as typed, without the "
+                       "checkpoint's prompt_rewrites (the embedded model reads \"A right of B\" as \"B left of A\")")
+
+
+def setting_overrides(args: argparse.Namespace) -> dict:
+    """Pipeline settings that command-line flags replace (`from_pretrained` keyword arguments)."""
+    return {"prompt_rewrites": []} if getattr(args, "no_prompt_rewrites", False) else {}
 
 
 def add_temperature_argument(group: argparse._ActionsContainer) -> None:
@@ -220,7 +231,8 @@ def load_pipeline(args: argparse.Namespace, pipeline_class):
     dtype_name = "bfloat16" if args.dtype == "auto" else DTYPES[args.dtype]
     if dtype_name == "float16" and not device.startswith("cuda"):
         raise ValueError("fp16 on a CPU is thousands of times slower than bf16; use --dtype bf16")
-    pipe = pipeline_class.from_pretrained(folder, torch_dtype=getattr(torch, dtype_name), variant=args.variant)
+    pipe = pipeline_class.from_pretrained(folder, torch_dtype=getattr(torch, dtype_name), variant=args.variant,
+                                          **setting_overrides(args))
     if args.cpu_offload:
         if not device.startswith("cuda"):
             raise ValueError("--cpu-offload needs a CUDA device")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import default_model_folder
+from .common import add_prompt_rewrites_argument, default_model_folder, setting_overrides
 
 CATEGORY_ORDER = ("kind", "colour", "count", "position", "background")
 
@@ -42,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, help="image height and width (default: the model's)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16")
+    add_prompt_rewrites_argument(parser)
     parser.add_argument("--quantize", choices=["int8", "fp8"], help="quantize the transformer for both settings")
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the interval")
     parser.add_argument("--out", default="compare_results.json", help="results JSON path")
@@ -141,7 +142,9 @@ def run(args: argparse.Namespace) -> int:
     labels = {key: label or settings[key].describe() for key, label in labels.items()}
     tasks = heldout_tasks(args.num_prompts, args.seed)
     state = PartialState()
-    pipe = MeissonicPipeline.from_pretrained(args.model, torch_dtype=getattr(torch, args.dtype)).to(state.device)
+    pipe = MeissonicPipeline.from_pretrained(
+        args.model, torch_dtype=getattr(torch, args.dtype), **setting_overrides(args)
+    ).to(state.device)
     pipe.set_progress_bar_config(disable=True)
     if args.quantize:
         pipe.quantize(args.quantize)

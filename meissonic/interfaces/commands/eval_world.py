@@ -15,10 +15,12 @@ from PIL import Image
 
 from .common import (
     add_enhance_arguments,
+    add_prompt_rewrites_argument,
     add_temperature_argument,
     apply_model_options,
     default_model_folder,
     sampler_options,
+    setting_overrides,
 )
 
 
@@ -41,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_temperature_argument(parser)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16")
+    add_prompt_rewrites_argument(parser)
     parser.add_argument("--out", default="world_results.json", help="results JSON path")
     parser.add_argument("--save-images", help="folder to save the generated images and their tasks into")
     parser.add_argument(
@@ -132,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"model folder not found: {args.model}")
         make = heldout_tasks if args.split == "heldout" else training_tasks
         tasks = make(args.num_prompts, args.seed)
-        pipe = MeissonicPipeline.from_pretrained(args.model, torch_dtype=getattr(torch, args.dtype))
+        pipe = MeissonicPipeline.from_pretrained(args.model, torch_dtype=getattr(torch, args.dtype),
+                                                 **setting_overrides(args))
         args.steps, args.guidance_scale = pipe.sampling_defaults(args.steps, args.guidance_scale)
         args.size = pipe.config.default_resolution if args.size is None else args.size
         sampler = sampler_options(args, pipe.default_sampler_options)

@@ -8,6 +8,7 @@ accelerate launch -m meissonic.interfaces.cli generate --prompts prompts.txt --o
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from .common import (
@@ -102,6 +103,10 @@ def run(args: argparse.Namespace) -> int:
     paths = output_paths(args.output, 1 if args.grid else count, args.overwrite)  # fail before loading anything
     pipe = load_pipeline(args, MeissonicPipeline)
     apply_model_options(pipe, args)
+    for prompt in dict.fromkeys(args.prompt):
+        if (read := pipe.rewrite_prompt(prompt)) != prompt:
+            print(f"the model reads {prompt!r} as {read!r} (its prompt_rewrites; --no-prompt-rewrites turns them off)",
+                  file=sys.stderr)
     if args.grid:  # a column per seed: image k of every prompt uses seed + k
         gens = [g for _ in args.prompt for g in generators(args.seed, args.num_images)]
     else:  # image i of the whole list uses seed + i
