@@ -106,6 +106,19 @@ def test_generations_return_pngs_of_the_requested_size(url):
     assert decode(default).size == (32, 32)  # the model's default resolution
 
 
+def test_revised_prompt_reports_the_checkpoint_rewrites(folder, url):
+    """OpenAI's `revised_prompt` carries the prompt the model read when the checkpoint's prompt_rewrites changed it."""
+    from meissonic.pipelines import MeissonicPipeline
+
+    rewriting = MeissonicPipeline.from_pretrained(folder, prompt_rewrites=[[r"^a (\w+) below a (\w+)$",
+                                                                            r"a \2 above a \1"]])
+    with serving(create_app(rewriting, ServerSettings(max_steps=50))) as base:
+        data = generate(base, prompt="a cat below a dog", n=2).json()["data"]
+        assert [item["revised_prompt"] for item in data] == ["a dog above a cat"] * 2
+        assert "revised_prompt" not in generate(base, prompt="a cat above a dog").json()["data"][0]
+    assert "revised_prompt" not in generate(url, prompt="a cat below a dog").json()["data"][0]
+
+
 def test_images_depend_only_on_their_seed(url):
     pair = generate(url, n=2, seed=10).json()["data"]
     single = generate(url, n=1, seed=11).json()["data"]

@@ -196,3 +196,18 @@ def test_text2image_controls_start_at_the_model_sampler(folder):
     assert kwargs["sampler"] == SamplerOptions(guidance_interval=(0.0, 0.5))
     flagged = MeissonicUI(guided_early, sampler_defaults=vars(SamplerOptions()))  # `meissonic ui --sampler vanilla`
     assert {o.name: o.default for o in flagged.options["text2image"]}["guidance_interval"] == (0.0, 1.0)
+
+
+def test_settings_show_the_prompt_the_model_reads(folder):
+    """With `prompt_rewrites` in the checkpoint, a result's settings show the restated prompt beside the typed one."""
+    from meissonic.pipelines import MeissonicPipeline
+
+    rule = [r"^a (\w+) below a (\w+)$", r"a \2 above a \1"]
+    rewriting = MeissonicPipeline.from_pretrained(folder, prompt_rewrites=[rule])
+    ui = build_ui(rewriting).meissonic
+    values = defaults(ui.controls["text2image"])
+    _, settings = ui.pipeline_kwargs("text2image", {**values, "prompt": "a cat below a dog"})
+    assert settings["prompt"] == "a cat below a dog"
+    assert settings["prompt as the model reads it"] == "a dog above a cat"
+    _, settings = ui.pipeline_kwargs("text2image", {**values, "prompt": "a cat above a dog"})
+    assert "prompt as the model reads it" not in settings

@@ -95,6 +95,7 @@ class MeissonicUI:
         from ..pipelines import MeissonicImg2ImgPipeline, MeissonicInpaintPipeline, MeissonicPipeline
 
         self.service = GenerationService(pipeline)
+        self.rewrite_prompt = pipeline.rewrite_prompt  # the editing pipelines share its settings (from_pipe)
         self.stride = pipeline.stride
         self.resolution = pipeline.config.default_resolution
         size = max_size or min(2 * self.resolution, MAX_SIDE // 2)
@@ -121,6 +122,9 @@ class MeissonicUI:
             "width": int(values["width"]), "height": int(values["height"]), "steps": int(values["steps"]),
             "guidance_scale": float(values["guidance_scale"]), "seed": seed, "num_images": count,
         }
+        read = self.rewrite_prompt(values["prompt"])
+        if read != values["prompt"]:  # the checkpoint's prompt_rewrites restated it
+            settings["prompt as the model reads it"] = read
         kwargs: dict[str, Any] = dict(
             prompt=values["prompt"], negative_prompt=settings["negative_prompt"] or None,
             num_inference_steps=settings["steps"], guidance_scale=settings["guidance_scale"],

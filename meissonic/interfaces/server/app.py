@@ -333,6 +333,10 @@ def create_app(pipeline, settings: ServerSettings | None = None, service: Genera
             logger.exception("generation failed")
             raise ApiError(500, "generation failed; see the server log", "internal_error", "server_error") from None
         data = [{"b64_json": b64, "seed": seed + i} for i, b64 in enumerate(encoded)]
+        revised = pipeline.rewrite_prompt(kwargs["prompt"])  # the checkpoint's prompt_rewrites, as OpenAI's field
+        if revised != kwargs["prompt"]:
+            for item in data:
+                item["revised_prompt"] = revised
         return JSONResponse({"created": int(time.time()), "data": data})
 
     @app.get("/health", summary="liveness, model and queue state (no API key needed)")
