@@ -91,9 +91,9 @@ class MeissonicPipelineBase(DiffusionPipeline):
                 RELEASED_GUIDANCE if default_guidance_scale is None else default_guidance_scale
             ),
             default_sampler=sampler.changes(),
-            prompt_rewrites=[list(rule) for rule, _ in rewrites],
+            prompt_rewrites=[[pattern.pattern, replacement] for pattern, replacement in rewrites],
         )
-        self._rewrites = [compiled for _, compiled in rewrites]
+        self._rewrites = rewrites
 
     @property
     def settings(self) -> dict:
@@ -520,8 +520,8 @@ def check_per_prompt(items: list, prompts: int, name: str) -> None:
         raise ValueError(f"got {len(items)} {name} for {prompts} prompts; pass one or one per prompt")
 
 
-def compile_rewrites(rules: Sequence[Sequence[str]]) -> list[tuple[Sequence[str], tuple[re.Pattern, str]]]:
-    """Validate `prompt_rewrites` ([pattern, replacement] pairs); returns each rule with its compiled form."""
+def compile_rewrites(rules: Sequence[Sequence[str]]) -> list[tuple[re.Pattern, str]]:
+    """Validate `prompt_rewrites` ([pattern, replacement] pairs) and compile their patterns."""
     compiled = []
     for i, rule in enumerate(rules):
         if isinstance(rule, str) or len(rule) != 2 or not all(isinstance(part, str) for part in rule):
@@ -531,5 +531,5 @@ def compile_rewrites(rules: Sequence[Sequence[str]]) -> list[tuple[Sequence[str]
             pattern.sub(rule[1], "")  # parses the replacement: a bad group reference fails here, not on a prompt
         except (re.error, IndexError) as error:  # IndexError: a reference to a group the pattern lacks
             raise ValueError(f"prompt_rewrites[{i}]: {error}") from None
-        compiled.append((rule, (pattern, rule[1])))
+        compiled.append((pattern, rule[1]))
     return compiled

@@ -120,12 +120,16 @@ def captions(scene: Scene, rng: np.random.Generator, n: int = 4) -> list[str]:
 
 _WORD_TO_COUNT = {"a": 1, "an": 1, "one": 1, **{w: n for n, w in NUMBER_WORDS.items()}}
 _SIZE_WORD = {w: s for s, words in SIZE_WORDS.items() for w in words}
+# The alternatives of an object phrase's words, for the parser's and the rewrites' patterns.
+_OBJECT_WORDS = {
+    "dets": "|".join(_WORD_TO_COUNT),
+    "sizes": "|".join(_SIZE_WORD),
+    "colours": "|".join(COLOURS),
+    "kinds": "|".join(KINDS),
+}
 _OBJECT_RE = re.compile(
     r"\b(?P<det>{dets})\s+(?:(?P<size>{sizes})\s+)?(?P<colour>{colours})\s+(?P<kind>{kinds})s?\b".format(
-        dets="|".join(_WORD_TO_COUNT),
-        sizes="|".join(_SIZE_WORD),
-        colours="|".join(COLOURS),
-        kinds="|".join(KINDS),
+        **_OBJECT_WORDS
     )
 )
 _BACKGROUND_RE = re.compile(r"\b(?P<bg>{})\s+background\b".format("|".join(BACKGROUNDS)))
@@ -183,12 +187,7 @@ def layout_rewrites() -> list[tuple[str, str]]:
     def alternatives(phrases) -> str:
         return "|".join(literal(p) for p in sorted(phrases, key=len, reverse=True))
 
-    obj = r"(?:{dets}) (?:(?:{sizes}) )?(?:{colours}) (?:{kinds})s?".format(
-        dets="|".join(_WORD_TO_COUNT),
-        sizes="|".join(_SIZE_WORD),
-        colours="|".join(COLOURS),
-        kinds="|".join(KINDS),
-    )
+    obj = r"(?:{dets}) (?:(?:{sizes}) )?(?:{colours}) (?:{kinds})s?".format(**_OBJECT_WORDS)
     frame = "(?P<frame>(?:{})?)".format(alternatives(f.replace("{}", "") for f in FRAMES if f != "{}"))
     background = "(?P<background>{})?".format(
         "|".join(
