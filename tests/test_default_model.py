@@ -39,12 +39,13 @@ def test_generate_without_model_flag(tmp_path, monkeypatch, capsys):
 
 def test_relations_are_restated_in_the_order_the_model_draws(tmp_path, monkeypatch, capsys):
     """The model draws the object named first on the left / top, so its prompt_rewrites restate "A below B" as
-    "B above A"; `meissonic generate` says so on stderr, and --no-prompt-rewrites encodes the prompt as typed."""
+    "B placed above A" (and state the background it left open); `meissonic generate` says so on stderr, and
+    --no-prompt-rewrites encodes the prompt as typed."""
     monkeypatch.chdir(tmp_path)
     assert main(["generate", "a green triangle below a red star", "--steps", "2"]) == 0
     out = capsys.readouterr()
     assert out.out.strip() == "out.png"
-    assert "'a red star above a green triangle'" in out.err
+    assert "'a red star placed above a green triangle on a black background'" in out.err
     assert main(["generate", "a green triangle below a red star", "--steps", "2", "--no-prompt-rewrites"]) == 0
     out = capsys.readouterr()
     assert out.out.strip() == "out-1.png" and "reads" not in out.err

@@ -166,17 +166,28 @@ def parse_caption(text: str) -> Task:
 
 
 # ------------------------------------------------------------ restated layouts
-CANONICAL_RELATIONS: dict[str, str] = {"right of": "left of", "below": "above"}
+# Each relation's restatement: (the phrase it is stated with, whether its objects are swapped).
+STATED_RELATIONS: dict[str, tuple[str, bool]] = {
+    "left of": ("left of", False),
+    "right of": ("left of", True),
+    "above": ("placed above", False),
+    "below": ("placed above", True),
+}
 PAIR_LAYOUT = "left of"
+UNSTATED_BACKGROUND = "black"
 
 
 def layout_rewrites() -> list[tuple[str, str]]:
     """Regular-expression rewrites (pattern, replacement) of whole captions of this grammar that state their layout
     in the order a model draws best when it places the object named first on the left / top whatever the relation
-    word says (the embedded default model does):
+    word says (the embedded default model does), applied in order:
 
-    * "A right of B" -> "B left of A" and "A below B" -> "B above A": the same scene, restated;
-    * "A and B" (or "with", "together with") -> "A left of B": one of the layouts the caption allows, stated.
+    * "A right of B" -> "B left of A" and "A below B" -> "B placed above A": the same scene, restated; the
+      relations' other phrasings are stated as "left of" and "placed above", the phrases it follows best;
+    * "A and B" (or "with", "together with") -> "A left of B": one of the layouts the caption allows, stated;
+    * "two A" -> "an A left of an A" and "three A" -> "two A left of an A": counted groups split in two, each
+      the same scene in one of the layouts it allows;
+    * a caption that states no background gets " on a black background": one of the backgrounds it allows.
 
     Frame, object phrases (counts and sizes included) and background are kept; other text is left alone.
     """
@@ -187,19 +198,33 @@ def layout_rewrites() -> list[tuple[str, str]]:
     def alternatives(phrases) -> str:
         return "|".join(literal(p) for p in sorted(phrases, key=len, reverse=True))
 
-    obj = r"(?:{dets}) (?:(?:{sizes}) )?(?:{colours}) (?:{kinds})s?".format(**_OBJECT_WORDS)
-    frame = "(?P<frame>(?:{})?)".format(alternatives(f.replace("{}", "") for f in FRAMES if f != "{}"))
+    words = {name: f"(?:{alts})" for name, alts in _OBJECT_WORDS.items()}
+    obj = "{dets} (?:{sizes} )?{colours} {kinds}s?".format(**words)
+    frames = alternatives(f.replace("{}", "") for f in FRAMES if f != "{}")
+    frame = f"(?P<frame>(?:{frames})?)"
     background = "(?P<background>{})?".format(
         "|".join(
             literal(p).replace(literal("{}"), "(?:{})".format("|".join(BACKGROUNDS))) for p in BACKGROUND_PHRASES
         )
     )
 
-    def rule(between: str, replacement: str) -> tuple[str, str]:
-        pattern = rf"(?i)^{frame}(?P<a>{obj}) (?:{between}) (?P<b>{obj}){background}$"
-        return pattern, rf"\g<frame>{replacement}\g<background>"
+    def rule(body: str, replacement: str) -> tuple[str, str]:
+        return rf"(?i)^{frame}{body}{background}$", rf"\g<frame>{replacement}\g<background>"
 
-    rules = [rule(alternatives(RELATION_PHRASES[relation]), rf"\g<b> {canonical} \g<a>")
-             for relation, canonical in CANONICAL_RELATIONS.items()]
-    rules.append(rule(alternatives(JOINS), rf"\g<a> {PAIR_LAYOUT} \g<b>"))
+    def two_objects(between: str) -> str:
+        return rf"(?P<a>{obj}) (?:{between}) (?P<b>{obj})"
+
+    rules = [rule(two_objects(alternatives(RELATION_PHRASES[relation])),
+                  rf"\g<b> {phrase} \g<a>" if swapped else rf"\g<a> {phrase} \g<b>")
+             for relation, (phrase, swapped) in STATED_RELATIONS.items()]
+    rules.append(rule(two_objects(alternatives(JOINS)), rf"\g<a> {PAIR_LAYOUT} \g<b>"))
+    # Counted groups split in two: "two A" -> "an A left of an A", "three A" -> "two A left of an A". The article
+    # agrees with the word after it: only "orange" (no size word) takes "an".
+    for article, single in (("an", "orange {kinds}"), ("a", "(?:{sizes} )?{colours} {kinds}")):
+        one = f"{article} \\g<one>"
+        for number, first in (("two", one), ("three", "two \\g<one>s")):
+            rules.append(rule(f"{number} (?P<one>{single.format(**words)})s", f"{first} {PAIR_LAYOUT} {one}"))
+    links = alternatives([*JOINS, *(p for phrases in RELATION_PHRASES.values() for p in phrases)])
+    rules.append((rf"(?i)^(?P<caption>(?:{frames})?{obj}(?: (?:{links}) {obj})?)$",
+                  rf"\g<caption>{BACKGROUND_PHRASES[0].format(UNSTATED_BACKGROUND)}"))
     return rules
