@@ -1,7 +1,7 @@
 """Copy a trained pipeline into the package as the embedded default model, with bfloat16 weights and its
-sampling defaults (steps, guidance, sampler) and the world's layout rewrites ("A right of B" read as "B left of A",
-"A and B" and "two A" as "A left of B" and "an A left of an A", an unstated background as black:
-`meissonic.world.captions.layout_rewrites`) stored in model_index.json.
+sampling defaults (steps, guidance, sampler) and the world's layout rewrites
+(`meissonic.world.captions.layout_rewrites`: "A right of B" read as "B left of A", "two A" as "an A left of an A", an
+unstated background as black...) stored in model_index.json.
 
 Usage: python scripts/package_default_model.py EXPORT_FOLDER [--vqvae FOLDER] [--steps N] [--guidance-scale G]
        [--sampler SPEC]
