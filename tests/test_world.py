@@ -151,20 +151,20 @@ def test_layout_rewrites_restate_the_scene():
                 counts["checked"] += 1
     restated = ("count 2", "count 3", "pair", "swapped", "relation")
     assert min(counts[k] for k in restated) > 50 and counts["kept"] > 300, counts
-    assert rewrite("a red circle right of a blue square, white background") == (
-        "a blue square left of a red circle, white background")
-    assert rewrite("a drawing of two small red stars beneath one blue circle, gray background") == (
-        "a drawing of one blue circle placed above two small red stars, gray background")
-    assert rewrite("a red circle together with a blue square") == (
-        "a red circle left of a blue square on a black background")
-    assert rewrite("An image of two orange stars") == (
-        "An image of an orange star left of an orange star on a black background")
-    assert rewrite("two big green squares against a white background") == (
-        "a big green square left of a big green square against a white background")
-    assert rewrite("three orange circles, gray background") == (
-        "two orange circles left of an orange circle, gray background")
-    assert rewrite("four purple circles") == "four purple circles on a black background"
-    assert rewrite("a cat right of a dog") == "a cat right of a dog"  # outside the grammar: as typed
+    examples = {
+        "a red circle right of a blue square, white background": "a blue square left of a red circle, white background",
+        "a drawing of two small red stars beneath one blue circle, gray background":
+            "a drawing of one blue circle placed above two small red stars, gray background",
+        "a red circle together with a blue square": "a red circle left of a blue square on a black background",
+        "An image of two orange stars": "An image of an orange star left of an orange star on a black background",
+        "two big green squares against a white background":
+            "a big green square left of a big green square against a white background",
+        "three orange circles, gray background": "two orange circles left of an orange circle, gray background",
+        "four purple circles": "four purple circles on a black background",
+        "a cat right of a dog": "a cat right of a dog",  # outside the grammar: as typed
+    }
+    for typed, restated in examples.items():
+        assert rewrite(typed) == restated, typed
 
 
 def test_layout_inside_image_without_overlap():

@@ -55,6 +55,11 @@ def _pick(rng: np.random.Generator, options: tuple[str, ...]) -> str:
     return options[int(rng.integers(len(options)))]
 
 
+def article(word: str) -> str:
+    """The indefinite article before `word`: "an" before a vowel, else "a"."""
+    return "an" if word[0] in "aeiou" else "a"
+
+
 def object_phrase(
     kind: str, colour: str, count: int, rng: np.random.Generator, size: str | None = None
 ) -> str:
@@ -67,7 +72,7 @@ def object_phrase(
     elif rng.random() < 0.2:
         det = "one"
     else:
-        det = "an" if words[0][0] in "aeiou" else "a"
+        det = article(words[0])
     return " ".join([det, *words])
 
 
@@ -219,9 +224,12 @@ def layout_rewrites() -> list[tuple[str, str]]:
              for relation, (phrase, swapped) in STATED_RELATIONS.items()]
     rules.append(rule(two_objects(alternatives(JOINS)), rf"\g<a> {PAIR_LAYOUT} \g<b>"))
     # Counted groups split in two: "two A" -> "an A left of an A", "three A" -> "two A left of an A". The article
-    # agrees with the word after it: only "orange" (no size word) takes "an".
-    for article, single in (("an", "orange {kinds}"), ("a", "(?:{sizes} )?{colours} {kinds}")):
-        one = f"{article} \\g<one>"
+    # agrees with the group's first word (size or colour): the "an" rules come first, the "a" rules take the rest.
+    an_starts = [f"{size} {words['colours']}" for size in _SIZE_WORD if article(size) == "an"]
+    an_starts += [colour for colour in COLOURS if article(colour) == "an"]
+    singles = (("an", "(?:{}) {{kinds}}".format("|".join(an_starts))), ("a", "(?:{sizes} )?{colours} {kinds}"))
+    for det, single in singles:
+        one = f"{det} \\g<one>"
         for number, first in (("two", one), ("three", "two \\g<one>s")):
             rules.append(rule(f"{number} (?P<one>{single.format(**words)})s", f"{first} {PAIR_LAYOUT} {one}"))
     links = alternatives([*JOINS, *(p for phrases in RELATION_PHRASES.values() for p in phrases)])
