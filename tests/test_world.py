@@ -95,14 +95,15 @@ def test_caption_examples():
 def test_layout_rewrites_restate_the_scene():
     """Every caption of the grammar is restated as one scene it allows, in the layout and phrasing the default model
     draws best: "right of" / "below" with the objects swapped, every relation as "left of" / "placed above", a pair
-    ("A and B") and a counted group ("two A", "three A") split in two side by side, and an unstated background as
-    black. Frame, kinds, colours, counts and sizes are kept; renders of the original scene satisfy a restatement of
-    the same scene; the rules are a normal form (restating twice changes nothing); other text is left alone."""
+    ("A and B") and a counted group ("two A", "three A") split in two side by side, an unsized group of three as
+    large, and an unstated background as black. Frame, kinds, colours, counts and stated sizes are kept; renders of
+    the original scene satisfy a restatement of the same scene; the rules are a normal form (restating twice changes
+    nothing); other text is left alone."""
     import dataclasses
     import re
 
     from meissonic.eval.world import check_task
-    from meissonic.world.captions import STATED_RELATIONS, UNSTATED_BACKGROUND
+    from meissonic.world.captions import STATED_RELATIONS, UNSTATED_BACKGROUND, UNSTATED_SIZE_OF_THREE
 
     rules = [(re.compile(pattern), replacement) for pattern, replacement in layout_rewrites()]
 
@@ -130,6 +131,11 @@ def test_layout_rewrites_restate_the_scene():
             if old.task_type == "count" and old.objects[0].count in (2, 3):
                 one, rest = (dataclasses.replace(old.objects[0], count=n) for n in (1, old.objects[0].count - 1))
                 assert task.objects == (rest, one) and task.relation.relation == "left of", (text, new)
+                stated = re.findall(r"\b(small|large|big) ", text)
+                if old.objects[0].count == 3:  # a group of three keeps its size, else is stated large
+                    assert re.findall(r"\b(small|large|big) ", new) == 2 * (stated or [UNSTATED_SIZE_OF_THREE]), new
+                else:
+                    assert re.findall(r"\b(small|large|big) ", new) == 2 * stated, (text, new)
                 counts[f"count {old.objects[0].count}"] += 1
                 same_scene = False
             elif old.task_type == "pair":
@@ -159,7 +165,9 @@ def test_layout_rewrites_restate_the_scene():
         "An image of two orange stars": "An image of an orange star left of an orange star on a black background",
         "two big green squares against a white background":
             "a big green square left of a big green square against a white background",
-        "three orange circles, gray background": "two orange circles left of an orange circle, gray background",
+        "three orange circles, gray background":
+            "two large orange circles left of a large orange circle, gray background",
+        "three small orange circles": "two small orange circles left of a small orange circle on a black background",
         "four purple circles": "four purple circles on a black background",
         "a cat right of a dog": "a cat right of a dog",  # outside the grammar: as typed
     }

@@ -180,6 +180,7 @@ STATED_RELATIONS: dict[str, tuple[str, bool]] = {
 }
 PAIR_LAYOUT = "left of"
 UNSTATED_BACKGROUND = "black"
+UNSTATED_SIZE_OF_THREE = "large"
 
 
 def layout_rewrites() -> list[tuple[str, str]]:
@@ -191,7 +192,8 @@ def layout_rewrites() -> list[tuple[str, str]]:
       relations' other phrasings are stated as "left of" and "placed above", the phrases it follows best;
     * "A and B" (or "with", "together with") -> "A left of B": one of the layouts the caption allows, stated;
     * "two A" -> "an A left of an A" and "three A" -> "two A left of an A": counted groups split in two, each
-      the same scene in one of the layouts it allows;
+      the same scene in one of the layouts it allows; a group of three whose size is not stated is stated large
+      ("two large A left of a large A"), one of the sizes it allows;
     * a caption that states no background gets " on a black background": one of the backgrounds it allows.
 
     Frame, object phrases (counts and sizes included) and background are kept; other text is left alone.
@@ -223,8 +225,11 @@ def layout_rewrites() -> list[tuple[str, str]]:
                   rf"\g<b> {phrase} \g<a>" if swapped else rf"\g<a> {phrase} \g<b>")
              for relation, (phrase, swapped) in STATED_RELATIONS.items()]
     rules.append(rule(two_objects(alternatives(JOINS)), rf"\g<a> {PAIR_LAYOUT} \g<b>"))
-    # Counted groups split in two: "two A" -> "an A left of an A", "three A" -> "two A left of an A". The article
-    # agrees with the group's first word (size or colour): the "an" rules come first, the "a" rules take the rest.
+    # Counted groups split in two: "two A" -> "an A left of an A", "three A" -> "two A left of an A", an unsized
+    # group of three sized first. The article agrees with the group's first word (size or colour): the "an" rules
+    # come first, the "a" rules take the rest.
+    unsized_three = f"three (?P<group>{words['colours']} {words['kinds']}s)"
+    rules.append(rule(unsized_three, f"three {UNSTATED_SIZE_OF_THREE} \\g<group>"))
     an_starts = [f"{size} {words['colours']}" for size in _SIZE_WORD if article(size) == "an"]
     an_starts += [colour for colour in COLOURS if article(colour) == "an"]
     singles = (("an", "(?:{}) {{kinds}}".format("|".join(an_starts))), ("a", "(?:{sizes} )?{colours} {kinds}"))
