@@ -103,9 +103,10 @@ def test_layout_rewrites_restate_the_scene():
     import re
 
     from meissonic.eval.world import check_task
-    from meissonic.world.captions import STATED_RELATIONS, UNSTATED_BACKGROUND, UNSTATED_SIZE_OF_THREE
+    from meissonic.world.captions import SIZE_WORDS, STATED_RELATIONS, UNSTATED_BACKGROUND, UNSTATED_SIZE_OF_THREE
 
     rules = [(re.compile(pattern), replacement) for pattern, replacement in layout_rewrites()]
+    size_word = re.compile(r"\b({}) ".format("|".join(w for words in SIZE_WORDS.values() for w in words)))
 
     def rewrite(text):
         for pattern, replacement in rules:
@@ -131,11 +132,11 @@ def test_layout_rewrites_restate_the_scene():
             if old.task_type == "count" and old.objects[0].count in (2, 3):
                 one, rest = (dataclasses.replace(old.objects[0], count=n) for n in (1, old.objects[0].count - 1))
                 assert task.objects == (rest, one) and task.relation.relation == "left of", (text, new)
-                stated = re.findall(r"\b(small|large|big) ", text)
-                if old.objects[0].count == 3:  # a group of three keeps its size, else is stated large
-                    assert re.findall(r"\b(small|large|big) ", new) == 2 * (stated or [UNSTATED_SIZE_OF_THREE]), new
-                else:
-                    assert re.findall(r"\b(small|large|big) ", new) == 2 * stated, (text, new)
+                # Both halves keep the stated size; an unsized group of three is stated large.
+                stated = size_word.findall(text)
+                if old.objects[0].count == 3 and not stated:
+                    stated = [UNSTATED_SIZE_OF_THREE]
+                assert size_word.findall(new) == 2 * stated, (text, new)
                 counts[f"count {old.objects[0].count}"] += 1
                 same_scene = False
             elif old.task_type == "pair":
