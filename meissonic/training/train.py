@@ -323,7 +323,8 @@ class Trainer:
 
     def micro_step(self, batch: dict, masks: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
         """Forward one micro-batch; returns the summed cross-entropy over its masked positions (with guidance
-        distillation: the summed KL from the frozen teacher's guided distribution)."""
+        distillation: the summed KL from the frozen teacher's guided distribution, except on the rows a preencoded
+        folder flags `token_targets`, which keep the cross-entropy on their own tokens)."""
         if "tokens" in batch:
             tokens = batch["tokens"].to(self.device).long()
         else:
@@ -331,9 +332,20 @@ class Trainer:
         masks = masks.to(self.device)
         args = self.model_inputs(batch, tokens, masks, drop)
         logits = self.model(*args)
-        if self.distill:
+        if not self.distill:
+            return masked_cross_entropy_sum(logits, tokens, masks)
+        # Rows flagged `token_targets` (and not CFG-dropped) learn their own tokens; the others the teacher's.
+        flags = batch.get("token_targets")
+        own = torch.zeros_like(drop) if flags is None else flags.bool().cpu() & ~drop.cpu()
+        if not own.any():
             return masked_kl_sum(logits, self.teacher_logits(args, masks, drop), masks)
-        return masked_cross_entropy_sum(logits, tokens, masks)
+        rows = (~own).nonzero().flatten().to(self.device)
+        own = own.to(self.device)
+        loss = masked_cross_entropy_sum(logits[own], tokens[own], masks[own])
+        if len(rows):
+            teacher = self.teacher_logits(tuple(a[rows] for a in args), masks[rows], drop[rows.cpu()])
+            loss = loss + masked_kl_sum(logits[rows], teacher, masks[rows])
+        return loss
 
     @torch.no_grad()
     def teacher_logits(self, args: tuple[torch.Tensor, ...], masks: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
