@@ -42,8 +42,19 @@ fi
     --output "$runs/tokens_distill"
 "$meissonic" train --config configs/default_model/transformer8_32t1_distill.yaml \
   $(resume "$runs/transformer8_32t1_distill")
-# Packaged with guidance 1 (one branch per step) and the rest of the teacher's sampler: the first 14 steps on the
+# Stage 5: groups of three drawn as the package's prompt rewrites restate them ("two large A left of a large A"),
+# learned as tokens, while the other rows keep the stage-4 model's own distribution (thirty-sixth session).
+[ -f data/three_targets/restated/metadata.jsonl ] || "$python" scripts/three_targets_data.py render data/three_targets
+for part in three restated; do
+  [ -f "$runs/tokens_${part}_only/preencoded.json" ] || \
+    "$meissonic" preencode --config configs/default_model/transformer8_32t1_three.yaml \
+      --input "data/three_targets/$part" --output "$runs/tokens_${part}_only"
+done
+[ -f "$runs/tokens_three/preencoded.json" ] || \
+  "$python" scripts/three_targets_data.py flag "$runs/tokens_three" "$runs/tokens_three_only" "$runs/tokens_restated_only"
+"$meissonic" train --config configs/default_model/transformer8_32t1_three.yaml $(resume "$runs/transformer8_32t1_three")
+# Packaged with guidance 1 (one branch per step) and the rest of the stage-3 sampler: the first 14 steps on the
 # first half of the mask schedule, the last 6 at token temperature 0.1 (seventeenth session, "A colder draw in the
 # late steps").
-"$python" scripts/package_default_model.py "$runs/transformer8_32t1_distill/export" --steps 20 --guidance-scale 1 \
+"$python" scripts/package_default_model.py "$runs/transformer8_32t1_three/export" --steps 20 --guidance-scale 1 \
   --sampler "early_steps=0.7,late_token_temperature=0.1"

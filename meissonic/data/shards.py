@@ -3,7 +3,8 @@ files.
 
 Layout of a preencoded folder: `preencoded.json` (what was encoded, with what, and the shard list),
 `shard-NNNNN.safetensors` with row-aligned tensors (`tokens` (N, h, w) int16/int32, `micro_conds` (N, 5),
-then `text_states` (N, L, D) and `pooled` (N, P) or `input_ids` (N, L)), `captions-NNNNN.jsonl`, and
+then `text_states` (N, L, D) and `pooled` (N, P) or `input_ids` (N, L); optionally `token_targets` (N,) uint8,
+read by guidance distillation), `captions-NNNNN.jsonl`, and
 `empty.safetensors` with the empty prompt's encoding. Each file is written to a temporary name, then renamed.
 """
 

@@ -69,7 +69,9 @@ class ObjectiveConfig:
     # Guidance distillation: [[ratio, scale], ...], ratios decreasing to 0. Non-empty: the model learns, at every
     # masked position, the distribution of a frozen copy of the starting weights under classifier-free guidance
     # at the scale of the first pair whose ratio the input's mask ratio exceeds; sampling at guidance 1 then
-    # needs one branch instead of two.
+    # needs one branch instead of two. Rows of a preencoded folder with `token_targets` = 1 (and not CFG-dropped)
+    # learn their own tokens instead; [[0.0, 1.0]] thus teaches those rows while holding the rest to the model's
+    # own distribution.
     distill_guidance: list[tuple[float, float]] = field(default_factory=list)
 
 
