@@ -18,28 +18,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from meissonic.data import ShardWriter
-from meissonic.data.shards import PreencodedSource
-from meissonic.world.captions import UNSTATED_BACKGROUND, caption, layout_rewrites, parse_caption
+from meissonic.data import concatenate
+from meissonic.world.captions import UNSTATED_BACKGROUND, caption, parse_caption, restate
 from meissonic.world.dataset import training_example
 from meissonic.world.render import render
 from meissonic.world.scene import BACKGROUNDS, COLOURS, HELDOUT_PAIRS, KINDS, SIZES, Scene, SceneObject
 
 THREE_SEED, RESTATED_SEED = 77, 5
-RULES = [(re.compile(pattern), replacement) for pattern, replacement in layout_rewrites()]
-
-
-def restate(text: str) -> str:
-    for pattern, replacement in RULES:
-        text = pattern.sub(replacement, text)
-    return text
 
 
 def with_stated_background(scene: Scene, text: str) -> Scene:
@@ -82,31 +72,13 @@ def write_images(out: Path, examples) -> None:
             f.write(json.dumps({"file_name": name, "text": text, "scene": scene.to_json()}) + "\n")
 
 
-def flag(out: Path, flagged: Path, others: Path) -> int:
-    """Concatenate two preencoded folders into `out`, the rows of `flagged` marked `token_targets`."""
-    sources = [PreencodedSource(flagged), PreencodedSource(others)]
-    keys = ("token_grid", "codebook_size", "text", "text_length", "text_dim", "pooled_dim")
-    if any(sources[0].meta.get(k) != sources[1].meta.get(k) for k in keys):
-        raise SystemExit(f"{flagged} and {others} were not encoded alike")
-    meta = {k: v for k, v in sources[0].meta.items() if k not in ("count", "shards", "skipped")}
-    writer = ShardWriter(out, meta)
-    for source, mark in zip(sources, (1, 0), strict=True):
-        texts = [json.loads(line) for path in sorted(source.folder.glob("captions-*.jsonl"))
-                 for line in path.read_text().splitlines()]
-        for i in range(len(source)):
-            row = {key: value[None] for key, value in source.read(i).items()}
-            writer.add(row | {"token_targets": torch.tensor([mark], dtype=torch.uint8)}, [texts[i]])
-    writer.close(sources[0].empty())
-    return writer.count
-
-
 def main(argv: list[str]) -> None:
     if argv[:1] == ["render"] and len(argv) == 2:
         out = Path(argv[1])
         write_images(out / "three", (restated_three(i) for i in range(1500)))
         write_images(out / "restated", (restated_render(i) for i in range(4500)))
     elif argv[:1] == ["flag"] and len(argv) == 4:
-        print(flag(*(Path(a) for a in argv[1:])), "rows")
+        print(concatenate(argv[1], argv[2:], token_targets=[True, False]), "rows")
     else:
         raise SystemExit(__doc__)
 

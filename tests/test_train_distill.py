@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 from test_train_helpers import tiny_train_config, write_config, write_preencoded
 
+from meissonic.data import concatenate
 from meissonic.sampling.enhance import guided_logits
 from meissonic.training.config import load_config
 from meissonic.training.objective import distillation_scales, masked_kl_sum
@@ -140,22 +141,9 @@ def test_refuses_preference_training_and_a_trained_text_encoder(encoded, tmp_pat
             distill_config(encoded, tmp_path, [[0.0, 3.0]], **change)
 
 
-def flagged_copy(tokens, out, flag_row) -> str:
-    """A copy of the preencoded folder `tokens` whose rows carry `token_targets` = flag_row(index)."""
-    from meissonic.data import ShardWriter
-    from meissonic.data.shards import PreencodedSource
-
-    source = PreencodedSource(tokens)
-    writer = ShardWriter(out, {k: v for k, v in source.meta.items() if k not in ("count", "shards")})
-    for i in range(len(source)):
-        row = {k: v[None] for k, v in source.read(i).items()}
-        writer.add(row | {"token_targets": torch.tensor([int(flag_row(i))], dtype=torch.uint8)}, [f"row {i}"])
-    writer.close(source.empty())
-    return str(out)
-
-
 def test_rows_flagged_token_targets_learn_their_own_tokens(encoded, tmp_path):
-    flagged = flagged_copy(encoded["tokens"], tmp_path / "flagged", lambda i: True)
+    flagged = str(tmp_path / "flagged")
+    concatenate(flagged, [encoded["tokens"]], token_targets=[True])
     changes = {"data.path": flagged, "max_steps": 1, "batch_size": 8}
     plain = tiny_train_config(tmp_path / "plain", encoded["data"], encoded["vq"], **{
         "data.format": "preencoded", "objective.cfg_dropout": 0.0, "optim.warmup_steps": 0,
@@ -166,16 +154,21 @@ def test_rows_flagged_token_targets_learn_their_own_tokens(encoded, tmp_path):
     assert cross_entropy > 0.1  # the teacher's own distribution is far from one-hot: KL alone would be ~0 here
     assert log_rows(tmp_path / "all" / "run")[0]["loss"] == pytest.approx(cross_entropy, rel=1e-4)
     # Unflagged rows (and CFG-dropped flagged rows) still learn the teacher's distribution: KL 0 at scale 1.
-    none = flagged_copy(encoded["tokens"], tmp_path / "none", lambda i: False)
+    none = str(tmp_path / "none")
+    concatenate(none, [encoded["tokens"]], token_targets=[False])
     Trainer(distill_config(encoded, tmp_path / "none_run", [[0.0, 1.0]], **changes | {"data.path": none})).run(
         export=False)
     Trainer(distill_config(encoded, tmp_path / "dropped", [[0.0, 1.0]], **changes | {
         "objective.cfg_dropout": 1.0})).run(export=False)
     assert log_rows(tmp_path / "none_run" / "run")[0]["loss"] < 1e-3
     assert log_rows(tmp_path / "dropped" / "run")[0]["loss"] < 1e-3
-    # Half flagged: the loss is the flagged rows' cross-entropy alone, over every masked token.
-    half = flagged_copy(encoded["tokens"], tmp_path / "half", lambda i: i % 2)
-    Trainer(distill_config(encoded, tmp_path / "half_run", [[0.0, 1.0]], **changes | {"data.path": half})).run(
-        export=False)
+    # Half flagged (the rows twice, once flagged, in one batch): the loss is the flagged rows' cross-entropy alone,
+    # over every masked token.
+    half = str(tmp_path / "half")
+    assert concatenate(half, [encoded["tokens"], encoded["tokens"]], token_targets=[True, False]) == 16
+    with pytest.raises(ValueError, match="one token_targets flag per folder"):
+        concatenate(tmp_path / "bad", [encoded["tokens"]], token_targets=[True, False])
+    Trainer(distill_config(encoded, tmp_path / "half_run", [[0.0, 1.0]], **changes | {
+        "data.path": half, "batch_size": 16})).run(export=False)
     mixed = log_rows(tmp_path / "half_run" / "run")[0]["loss"]
     assert 0.2 * cross_entropy < mixed < 0.8 * cross_entropy

@@ -33,7 +33,7 @@ from meissonic.world import (
     training_tasks,
     write_dataset,
 )
-from meissonic.world.captions import layout_rewrites
+from meissonic.world.captions import restate
 from meissonic.world.scene import arrangement
 
 
@@ -105,13 +105,7 @@ def test_layout_rewrites_restate_the_scene():
     from meissonic.eval.world import check_task
     from meissonic.world.captions import SIZE_WORDS, STATED_RELATIONS, UNSTATED_BACKGROUND, UNSTATED_SIZE_OF_THREE
 
-    rules = [(re.compile(pattern), replacement) for pattern, replacement in layout_rewrites()]
     size_word = re.compile(r"\b({}) ".format("|".join(w for words in SIZE_WORDS.values() for w in words)))
-
-    def rewrite(text):
-        for pattern, replacement in rules:
-            text = pattern.sub(replacement, text)
-        return text
 
     def total(task):  # shapes of each kind and colour
         shapes = Counter()
@@ -123,9 +117,9 @@ def test_layout_rewrites_restate_the_scene():
     counts = Counter()
     for scene in scenes(6, 600):
         for text in (caption(scene, rng), caption(scene, rng, mention_background=True, mention_size=True)):
-            new, old = rewrite(text), parse_caption(text)
+            new, old = restate(text), parse_caption(text)
             task = parse_caption(new)
-            assert rewrite(text.upper()).lower() == new and rewrite(new) == new, (text, new)
+            assert restate(text.upper()).lower() == new and restate(new) == new, (text, new)
             assert total(task) == total(old), (text, new)
             assert task.background == (old.background or UNSTATED_BACKGROUND), (text, new)
             same_scene = True
@@ -173,7 +167,7 @@ def test_layout_rewrites_restate_the_scene():
         "a cat right of a dog": "a cat right of a dog",  # outside the grammar: as typed
     }
     for typed, restated in examples.items():
-        assert rewrite(typed) == restated, typed
+        assert restate(typed) == restated, typed
 
 
 def test_layout_inside_image_without_overlap():

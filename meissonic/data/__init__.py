@@ -3,7 +3,7 @@ order and preencoded shards."""
 
 from .dataset import ImageTextDataset, PreencodedDataset, first_usable
 from .order import EpochOrder, PositionBatches, batch_positions
-from .shards import INDEX_FILE, PreencodedSource, ShardWriter
+from .shards import INDEX_FILE, PreencodedSource, ShardWriter, concatenate
 from .sources import Record, Source, detect_format, open_source
 from .transforms import decode_image, resize_and_crop
 
@@ -18,6 +18,7 @@ __all__ = [
     "ShardWriter",
     "Source",
     "batch_positions",
+    "concatenate",
     "first_usable",
     "decode_image",
     "detect_format",

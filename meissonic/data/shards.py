@@ -4,7 +4,7 @@ files.
 Layout of a preencoded folder: `preencoded.json` (what was encoded, with what, and the shard list),
 `shard-NNNNN.safetensors` with row-aligned tensors (`tokens` (N, h, w) int16/int32, `micro_conds` (N, 5),
 then `text_states` (N, L, D) and `pooled` (N, P) or `input_ids` (N, L); optionally `token_targets` (N,) uint8,
-read by guidance distillation), `captions-NNNNN.jsonl`, and
+written by `concatenate` and read by guidance distillation), `captions-NNNNN.jsonl`, and
 `empty.safetensors` with the empty prompt's encoding. Each file is written to a temporary name, then renamed.
 """
 
@@ -102,8 +102,35 @@ class PreencodedSource:
         handle = self._handles[shard]
         return {key: handle.get_slice(key)[row : row + 1][0] for key in handle.keys()}
 
+    def captions(self) -> list[str]:
+        """Every row's caption, in row order."""
+        return [json.loads(line) for k in range(len(self.blocks))
+                for line in (self.folder / f"captions-{k:05d}.jsonl").read_text().splitlines()]
+
     def empty(self) -> dict[str, torch.Tensor] | None:
         from safetensors.torch import load_file
 
         path = self.folder / "empty.safetensors"
         return load_file(str(path)) if path.is_file() else None
+
+
+ENCODING_KEYS = ("resolution", "token_grid", "codebook_size", "text", "text_length", "text_dim", "pooled_dim")
+
+
+def concatenate(out: str | Path, folders: list[str | Path], token_targets: list[bool]) -> int:
+    """Write the rows of the preencoded `folders`, in order, to the preencoded folder `out`, each with its folder's
+    `token_targets` flag (guidance distillation: flagged rows learn their own tokens). The folders must have been
+    encoded alike; the first one's empty prompt is kept. Returns the number of rows."""
+    sources = [PreencodedSource(folder) for folder in folders]
+    if len(token_targets) != len(sources):
+        raise ValueError(f"one token_targets flag per folder: {len(sources)} folders, {len(token_targets)} flags")
+    for source in sources[1:]:
+        if any(source.meta.get(k) != sources[0].meta.get(k) for k in ENCODING_KEYS):
+            raise ValueError(f"{source.folder} and {sources[0].folder} were not encoded alike")
+    writer = ShardWriter(out, {k: v for k, v in sources[0].meta.items() if k not in ("count", "shards", "skipped")})
+    for source, flag in zip(sources, token_targets, strict=True):
+        mark = torch.tensor([int(flag)], dtype=torch.uint8)
+        for i, text in enumerate(source.captions()):
+            writer.add({key: value[None] for key, value in source.read(i).items()} | {"token_targets": mark}, [text])
+    writer.close(sources[0].empty())
+    return writer.count

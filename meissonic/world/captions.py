@@ -20,6 +20,7 @@ Grammar (one of each alternative is drawn at random)::
 
 from __future__ import annotations
 
+import functools
 import re
 
 import numpy as np
@@ -241,3 +242,15 @@ def layout_rewrites() -> list[tuple[str, str]]:
     rules.append((rf"(?i)^(?P<caption>(?:{frames})?{obj}(?: (?:{links}) {obj})?)$",
                   rf"\g<caption>{BACKGROUND_PHRASES[0].format(UNSTATED_BACKGROUND)}"))
     return rules
+
+
+@functools.cache
+def _compiled_layout_rewrites() -> list[tuple[re.Pattern, str]]:
+    return [(re.compile(pattern), replacement) for pattern, replacement in layout_rewrites()]
+
+
+def restate(text: str) -> str:
+    """`text` restated by `layout_rewrites`, applied in order: what the embedded default model reads for it."""
+    for pattern, replacement in _compiled_layout_rewrites():
+        text = pattern.sub(replacement, text)
+    return text
